@@ -1,0 +1,259 @@
+"""Datasets by name, decoded once into uint8 tensors cached on disk, then held on the device.
+
+Names: ``cifar10-sample`` (embedded: 5,000 train / 1,000 test real CIFAR-10 images),
+``cifar10`` and ``cifar100`` (torchvision), ``imagefolder:PATH`` (a folder or a .tar/.tar.gz archive
+with ``train/`` and ``test/`` class sub-folders, e.g. ``../shared/data/cifar10-jpeg.tar.gz``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpo.errors import HpoError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ARCHIVE = Path(__file__).parent / "sample" / "cifar10-sample.tar.gz"
+DATASET_NAMES = ("cifar10-sample", "cifar10", "cifar100", "imagefolder:PATH")
+_CACHE_FORMAT = 1  # bump when the cached layout changes
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """A decoded dataset: uint8 images (N, C, H, W) and int64 labels, on the CPU."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HPO_CACHE_DIR") or Path.home() / ".cache" / "hpo")
+
+
+def load_images(name: str) -> ImageSet:
+    """Decode the named dataset, or read it from the on-disk cache when its source is unchanged."""
+    if name == "cifar10-sample":
+        return _cached(name, SAMPLE_ARCHIVE)
+    if name.startswith("imagefolder:"):
+        path = Path(name[len("imagefolder:"):]).expanduser()
+        if not path.exists():
+            raise HpoError(f"dataset {name!r}: {str(path)!r} does not exist; pass a folder or "
+                           ".tar/.tar.gz archive holding train/ and test/ class folders")
+        return _cached(name, path.resolve())
+    if name in ("cifar10", "cifar100"):
+        return _torchvision(name)
+    raise HpoError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+
+
+def _fingerprint(path: Path) -> str:
+    """Changes whenever the source changes: name, size and mtime of the archive or of every file."""
+    h = hashlib.sha256(f"{_CACHE_FORMAT}:{path}".encode())
+    if path.is_file():
+        st = path.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(root, f))
+                h.update(f"{os.path.join(root, f)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path(name: str, source: Path) -> Path:
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in source.name)[:60]
+    return cache_dir() / f"{stem}-{_fingerprint(source)}.pt"
+
+
+def _cached(name: str, source: Path) -> ImageSet:
+    target = cache_path(name, source)
+    if target.exists():
+        try:
+            return ImageSet(**torch.load(target, weights_only=True))
+        except Exception as e:  # a truncated or foreign file: decode again
+            log.warning("ignoring unreadable cache %s (%s)", target, e)
+    log.info("decoding %s (first use; cached at %s)", source, target)
+    images = _decode_tree(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    torch.save(dataclasses.asdict(images), tmp)
+    os.replace(tmp, target)  # atomic: concurrent workers never read half a file
+    return images
+
+
+def _iter_image_files(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(relative path, bytes) for every file under source, archive or folder."""
+    if source.is_file():
+        try:
+            with tarfile.open(source) as tar:
+                for member in tar:
+                    if member.isfile():
+                        f = tar.extractfile(member)
+                        assert f is not None
+                        yield member.name, f.read()
+        except tarfile.TarError as e:
+            raise HpoError(f"{str(source)!r} is not a readable .tar/.tar.gz archive ({e})") from None
+    else:
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
+            for f in sorted(files):
+                full = os.path.join(root, f)
+                yield os.path.relpath(full, source), Path(full).read_bytes()
+
+
+def _decode_tree(source: Path) -> ImageSet:
+    from PIL import Image  # heavy import, only when decoding
+
+    found: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}
+    for rel, blob in _iter_image_files(source):
+        parts = Path(rel).parts
+        # accept <root>/train/<class>/<file> at depth 0 or 1 (archives usually add a top folder)
+        for depth in (0, 1):
+            if len(parts) == depth + 3 and parts[depth] in found:
+                found[parts[depth]].setdefault(parts[depth + 1], []).append(blob)
+    if not found["train"] or not found["test"]:
+        raise HpoError(f"{str(source)!r} holds no train/<class>/ and test/<class>/ image folders")
+    classes = sorted(found["train"])
+    extra = sorted(set(found["test"]) - set(classes))
+    if extra:
+        raise HpoError(f"{str(source)!r}: test classes {extra} do not appear under train/")
+    out = {}
+    for split, by_class in found.items():
+        xs, ys = [], []
+        for label, cls in enumerate(classes):
+            for blob in by_class.get(cls, []):
+                xs.append(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
+                ys.append(label)
+        shapes = {x.shape for x in xs}
+        if len(shapes) != 1:
+            raise HpoError(f"{str(source)!r}: images differ in size {sorted(shapes)[:3]}; "
+                           "all must share one size")
+        out[split] = (torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(),
+                      torch.tensor(ys, dtype=torch.int64))
+    return ImageSet(out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes)
+
+
+def _torchvision(name: str) -> ImageSet:
+    from torchvision import datasets  # heavy import, only when asked for
+
+    root = Path(os.environ.get("HPO_DATA_DIR") or cache_dir() / "torchvision")
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=True)
+        test = cls(str(root), train=False, download=True)
+    except Exception as e:
+        raise HpoError(
+            f"dataset {name!r} is not under {root} and could not be downloaded ({type(e).__name__}); "
+            f"offline, copy the python-version batches there (set HPO_DATA_DIR to their parent), or "
+            f"use --dataset imagefolder:PATH with a folder or archive of train/ and test/ images"
+        ) from None
+
+    def tensors(ds):
+        return (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                torch.tensor(ds.targets, dtype=torch.int64))
+
+    return ImageSet(*tensors(train), *tensors(test), list(train.classes))
+
+
+@dataclasses.dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, C, H, W) on the training device
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class DeviceData:
+    """Train/validation/test splits resident on one device, normalised there batch by batch.
+
+    The validation split is carved from the training set with a seeded permutation; the test set
+    is never used for selection.
+    """
+
+    def __init__(self, images: ImageSet, device: str | torch.device = "cpu",
+                 val_fraction: float = 0.1, split_seed: int = 0, train_size: int | None = None):
+        if not 0 < val_fraction < 1:
+            raise HpoError(f"validation fraction {val_fraction} is invalid; allowed: 0 < f < 1")
+        n = len(images.train_y)
+        n_val = max(1, int(round(n * val_fraction)))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        if train_size is not None:
+            if not 1 <= train_size <= len(train_idx):
+                raise HpoError(f"train size {train_size} is invalid; allowed: 1 to {len(train_idx)}")
+            train_idx = train_idx[:train_size]
+        self.device = torch.device(device)
+        self.classes = images.classes
+        self.num_classes = len(images.classes)
+        self.image_size = images.train_x.shape[-1]
+        self.in_channels = images.train_x.shape[1]
+        self.train = self._put(images.train_x[train_idx], images.train_y[train_idx])
+        self.val = self._put(images.train_x[val_idx], images.train_y[val_idx])
+        self.test = self._put(images.test_x, images.test_y)
+        pixels = self.train.x.float().div_(255)
+        self.mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
+        self.std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+        self.channels_last = self.device.type == "cuda"
+
+    def _put(self, x: torch.Tensor, y: torch.Tensor) -> Split:
+        return Split(x.to(self.device), y.to(self.device))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float().div_(255) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_batches(self, batch_size: int, epoch: int, seed: int, flip: bool = False,
+                      crop_padding: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch: a seeded permutation, sliced into batches, augmented as whole tensors."""
+        g = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + epoch)
+        n = len(self.train)
+        order = torch.randperm(n, generator=g, device=self.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            x = self.train.x[idx].float().div_(255)
+            if flip:
+                mask = torch.rand(len(idx), generator=g, device=self.device) < 0.5
+                x = torch.where(mask[:, None, None, None], x.flip(3), x)
+            if crop_padding:
+                x = random_crop(x, crop_padding, g)
+            x = (x - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.train.y[idx]
+
+    def eval_batches(self, split: Split, batch_size: int = 1000
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(split), batch_size):
+            yield self.normalize(split.x[start:start + batch_size]), split.y[start:start + batch_size]
+
+
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Reflect-pad the batch, then cut each image at its own random offset (two gathers)."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    padded = padded.gather(2, rows.expand(b, c, h, padded.shape[3]))
+    return padded.gather(3, cols.expand(b, c, h, w))
+
+
+def load(name: str, device: str | torch.device = "cpu", val_fraction: float = 0.1,
+         split_seed: int = 0, train_size: int | None = None) -> DeviceData:
+    return DeviceData(load_images(name), device, val_fraction, split_seed, train_size)

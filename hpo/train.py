@@ -1,0 +1,202 @@
+"""Fit and evaluate one configuration. Knows nothing of Optuna: callers observe it per epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.config import Config
+from hpo.data import DeviceData, Split
+from hpo.errors import HpoError
+from hpo.model import build_model, count_parameters, penalised_weights
+
+
+@dataclasses.dataclass
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    lr: float
+
+
+@dataclasses.dataclass
+class FitResult:
+    status: str  # "completed", "early_stopped" or "diverged"
+    reason: str
+    history: list[EpochMetrics]
+    params: int
+    seconds: float
+    model: nn.Module
+
+    @property
+    def best_val_acc(self) -> float:
+        return max((m.val_acc for m in self.history), default=0.0)
+
+    def history_dicts(self) -> list[dict[str, float]]:
+        return [dataclasses.asdict(m) for m in self.history]
+
+
+# on_epoch(metrics, checkpoint) may raise to stop the run (a pruner does); checkpoint() returns
+# everything needed to resume after that epoch.
+EpochCallback = Callable[[EpochMetrics, Callable[[], dict[str, Any]]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HpoError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HpoError(f"device {name!r} requested but CUDA is not available here; use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise HpoError(f"device {name!r} does not exist; this machine has "
+                       f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
+    wd = config.weight_decay  # L2 goes through weight decay; L1 is added to the loss
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=wd)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=wd)
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=wd)
+    return torch.optim.Adadelta(params, lr=config.lr, weight_decay=wd)
+
+
+def make_scheduler(config: Config, optimizer: torch.optim.Optimizer):
+    s = config.scheduler
+    if s == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
+    if s == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
+    if s == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if s == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=config.gamma, patience=max(1, config.step_size // 5))
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, split: Split, bf16: bool = False
+             ) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a split, in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device, dtype=torch.int64)
+    for x, y in data.eval_batches(split):
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    n = max(1, len(split))
+    return loss.item() / n, correct.item() / n
+
+
+def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
+        resume: dict[str, Any] | None = None, bf16: bool = False) -> FitResult:
+    """Train config on data.train, validating on data.val after every epoch.
+
+    Same seed and data on the CPU give the same metrics. A NaN/inf loss ends the run with status
+    "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``.
+    """
+    device = data.device
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.num_classes, data.image_size, data.in_channels).to(device)
+    if data.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model.parameters())
+    scheduler = make_scheduler(config, optimizer)
+    l1_weights = penalised_weights(model) if config.l1 > 0 else []
+    history: list[EpochMetrics] = []
+    start_epoch, elapsed = 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume.get("scheduler") is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        history = [EpochMetrics(**m) for m in resume["history"]]
+        start_epoch, elapsed = len(history), resume.get("seconds", 0.0)
+        torch.set_rng_state(resume["rng_cpu"])
+        if device.type == "cuda" and resume.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng_cuda"], device)
+
+    def checkpoint() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "history": [dataclasses.asdict(m) for m in history], "seconds": elapsed,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+
+    params = count_parameters(model)
+    status, reason = "completed", ""
+    best, since_best = max((m.val_acc for m in history), default=-1.0), 0
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        for x, y in data.train_batches(config.batch_size, epoch, config.seed, config.flip,
+                                       config.crop_padding):
+            if len(y) < 2 and seen:  # a lone last sample would break batch norm; skip it
+                continue
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            if l1_weights:
+                loss = loss + config.l1 * sum(w.abs().sum() for w in l1_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            elapsed += time.perf_counter() - t0
+            status, reason = "diverged", f"training loss became {train_loss} in epoch {epoch + 1}"
+            break
+        val_loss, val_acc = evaluate(model, data, data.val, bf16)
+        lr = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_loss)
+        elif scheduler is not None:
+            scheduler.step()
+        elapsed += time.perf_counter() - t0
+        metrics = EpochMetrics(epoch + 1, train_loss, correct.item() / seen, val_loss, val_acc,
+                               time.perf_counter() - t0, lr)
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint)
+        if val_acc > best:
+            best, since_best = val_acc, 0
+        else:
+            since_best += 1
+        if config.early_stop_patience and since_best >= config.early_stop_patience:
+            status = "early_stopped"
+            reason = f"no validation improvement for {since_best} epochs"
+            break
+    return FitResult(status, reason, history, params, elapsed, model)
