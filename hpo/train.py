@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,10 @@ from hpo.config import Config
 from hpo.data import DeviceData, Split
 from hpo.errors import HpoError
 from hpo.model import build_model, count_parameters, penalised_weights
+
+
+class Interrupted(Exception):
+    """The stop event was set mid-run (a worker received SIGTERM/SIGINT)."""
 
 
 @dataclasses.dataclass
@@ -114,11 +119,13 @@ def evaluate(model: nn.Module, data: DeviceData, split: Split, bf16: bool = Fals
 
 
 def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
-        resume: dict[str, Any] | None = None, bf16: bool = False) -> FitResult:
+        resume: dict[str, Any] | None = None, bf16: bool = False,
+        stop: threading.Event | None = None) -> FitResult:
     """Train config on data.train, validating on data.val after every epoch.
 
     Same seed and data on the CPU give the same metrics. A NaN/inf loss ends the run with status
-    "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``.
+    "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``. Setting
+    ``stop`` raises Interrupted at the next batch.
     """
     device = data.device
     torch.manual_seed(config.seed)
@@ -161,6 +168,8 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
         seen = 0
         for x, y in data.train_batches(config.batch_size, epoch, config.seed, config.flip,
                                        config.crop_padding):
+            if stop is not None and stop.is_set():
+                raise Interrupted()
             if len(y) < 2 and seen:  # a lone last sample would break batch norm; skip it
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -1,0 +1,182 @@
+"""``hpo``: train, stages, status, export, dashboard, report. Usage errors are one line, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hpo.errors import HpoError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from hpo import data
+    from hpo.config import config_from_document, load_json
+    from hpo.export import select_document
+    from hpo.train import fit, evaluate, resolve_device
+
+    doc = select_document(load_json(args.config), args.config)
+    config = config_from_document(doc, args.config)
+    if args.epochs is not None:
+        config = config.replace(epochs=args.epochs)
+    dataset = args.dataset or doc.get("dataset", "cifar10-sample")
+    train_size = args.train_size if args.train_size is not None else doc.get("train_size")
+    device = resolve_device(args.device)
+    images = data.load(dataset, device, doc.get("val_fraction", 0.1), doc.get("split_seed", 0),
+                       train_size)
+
+    def show(m, _checkpoint):
+        print(f"epoch {m.epoch}/{config.epochs}  train_loss {m.train_loss:.4f}  "
+              f"train_acc {m.train_acc:.4f}  val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.4f}  "
+              f"{m.seconds:.1f}s", flush=True)
+
+    result = fit(config, images, on_epoch=None if args.quiet else show, bf16=args.bf16)
+    if result.status == "diverged":
+        print(f"diverged: {result.reason}")
+        return 2
+    _, test_acc = evaluate(result.model, images, images.test, args.bf16)
+    images_seen = sum(len(images.train) for _ in result.history)
+    print(f"validation accuracy {result.best_val_acc:.4f} (best epoch), "
+          f"{result.history[-1].val_acc:.4f} (last epoch)")
+    print(f"test accuracy {test_acc:.4f}")
+    print(f"parameters {result.params:,}; {result.seconds:.1f}s training, "
+          f"{images_seen / result.seconds:,.0f} images/s on {device}")
+    if doc.get("value") is not None and "history" in doc:
+        print(f"exported validation accuracy {doc['value']:.4f}")
+    if args.output:
+        torch.save({"config": config.to_dict(), "model": result.model.state_dict(),
+                    "classes": images.classes, "history": result.history_dicts()}, args.output)
+        print(f"checkpoint written to {args.output}")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from search_spaces import all_stages
+
+    stages = all_stages().values()
+    print(f"{'stage':<24}{'builds on':<24}{'trials':>7}{'epochs':>7}  description")
+    for s in stages:
+        print(f"{s.name:<24}{s.builds_on or '-':<24}{s.n_trials:>7}{s.epochs:>7}  {s.description}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpo.status import status_table
+    from hpo.storage import open_storage
+
+    print(status_table(open_storage(args.storage), args.study))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpo.export import export
+    from hpo.storage import open_storage
+
+    doc = export(open_storage(args.storage), args.study, args.top, args.trial)
+    text = json.dumps(doc, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"exported {args.study} to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpo.dashboard import serve
+
+    serve(args.storage, args.artifacts, args.host, args.port)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpo.report import write_report
+    from hpo.storage import open_storage
+
+    storage = open_storage(args.storage)
+    names = args.study or sorted(s.study_name for s in storage.get_all_studies())
+    known = {s.study_name for s in storage.get_all_studies()}
+    for name in names:
+        if name not in known:
+            raise HpoError(f"unknown study {name!r}; studies here: {', '.join(sorted(known)) or 'none'}")
+    for path in write_report(storage, names, args.output):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpo", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def storage_flag(q):
+        q.add_argument("--storage", help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+
+    t = sub.add_parser("train", help="train one configuration (a config or an export JSON)")
+    t.add_argument("config", help="config JSON or `hpo export` output")
+    t.add_argument("--dataset", help="default: the export's dataset, else cifar10-sample")
+    t.add_argument("--epochs", type=int, help="override the config's epochs")
+    t.add_argument("--train-size", type=int, help="train on a subset of this many images")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("stages", help="list the stages (study names) and their budgets")
+    s.set_defaults(func=cmd_stages)
+
+    st = sub.add_parser("status", help="trials by state, best value and running trials per study")
+    storage_flag(st)
+    st.add_argument("--study", help="only this study")
+    st.set_defaults(func=cmd_status)
+
+    e = sub.add_parser("export", help="export the best (or a chosen) trial as JSON")
+    storage_flag(e)
+    e.add_argument("--study", required=True)
+    e.add_argument("-o", "--output", help="file to write (default: standard output)")
+    e.add_argument("--top", type=int, default=1, help="export the K best trials")
+    e.add_argument("--trial", type=int, help="export this trial number (e.g. a Pareto point)")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("dashboard", help="optuna-dashboard on the same storage, with artifacts")
+    storage_flag(d)
+    d.add_argument("--artifacts", help="artifact folder (default: $HPO_ARTIFACTS, else beside the db)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(func=cmd_dashboard)
+
+    r = sub.add_parser("report", help="PNG plots and one offline HTML page per storage")
+    storage_flag(r)
+    r.add_argument("--study", action="append", help="study to include (repeatable; default all)")
+    r.add_argument("-o", "--output", default="report", help="output folder (default: report)")
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        import optuna
+
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return args.func(args)
+    except HpoError as e:
+        if args.debug:
+            raise
+        print(f"hpo: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

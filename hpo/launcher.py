@@ -1,0 +1,91 @@
+"""Several worker slots on one machine: one child process per slot, each pinned to its GPU
+through CUDA_VISIBLE_DEVICES, supervised here with SIGINT/SIGTERM forwarded."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from hpo.errors import HpoError
+
+log = logging.getLogger("hpo.launcher")
+
+
+@dataclasses.dataclass
+class Slot:
+    index: int
+    device: str  # as the child sees it
+    visible_devices: str | None  # CUDA_VISIBLE_DEVICES for the child, None for the CPU
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_slots(devices: str, jobs_per_device: int) -> list[Slot]:
+    """Turn ``--devices`` and ``--jobs-per-device`` into slots, checking every device exists."""
+    if jobs_per_device < 1:
+        raise HpoError(f"--jobs-per-device {jobs_per_device} is invalid; allowed: 1 or more")
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    if names == ["auto"]:
+        count = _cuda_count()
+        names = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    gpus: list[str | None] = []
+    for name in names:
+        if name == "cpu":
+            gpus.append(None)
+        elif name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+            index = int(name[5:]) if name != "cuda" else 0
+            count = _cuda_count()
+            if index >= count:
+                raise HpoError(f"device {name!r} is not available here "
+                               f"({count} CUDA device(s)); valid: auto, cpu, cuda:0..")
+            gpus.append(str(index))
+        else:
+            raise HpoError(f"unknown device {name!r}; valid: auto, cpu, cuda:N (comma-separated)")
+    if len(gpus) == 1 and jobs_per_device == 1:
+        return [Slot(0, names[0], None)]
+    slots = []
+    for gpu in gpus:
+        for _ in range(jobs_per_device):
+            slots.append(Slot(len(slots), "cpu" if gpu is None else "cuda:0", gpu))
+    return slots
+
+
+def supervise(slots: list[Slot], argv: list[str]) -> int:
+    """Run one child per slot; forward stop signals; non-zero if any child failed."""
+    children: list[subprocess.Popen] = []
+    threads = max(1, (os.cpu_count() or 1) // len(slots))
+
+    def forward(signum, frame):
+        log.warning("%s received: stopping %d workers", signal.Signals(signum).name, len(children))
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in slots:
+        env = dict(os.environ, HPO_WORKER_SLOT=str(slot.index))
+        if slot.visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
+        else:
+            env.setdefault("OMP_NUM_THREADS", str(threads))  # CPU slots share the cores
+        # The last --devices/--jobs-per-device on the command line wins in argparse.
+        cmd = [sys.executable, "-m", "hpo.worker", *argv, "--devices", slot.device,
+               "--jobs-per-device", "1"]
+        # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
+        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        log.info("slot %d: pid %d on %s%s", slot.index, children[-1].pid, slot.device,
+                 f" (GPU {slot.visible_devices})" if slot.visible_devices else "")
+    codes = [child.wait() for child in children]
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    for i, code in failed:
+        log.error("slot %d (pid %d) exited with %d", i, children[i].pid, code)
+    return 1 if failed else 0

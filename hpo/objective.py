@@ -1,0 +1,156 @@
+"""trial -> config -> fit, reporting validation accuracy every epoch and pruning on it.
+
+A configuration that cannot be built, diverges or runs out of memory ends as a pruned or failed
+trial with its reason in ``user_attrs["end_reason"]``; it never stops the worker.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.config import Config, from_dict
+from hpo.data import DeviceData
+from hpo.errors import HpoError
+from hpo.model import feature_map_sizes
+from hpo.train import EpochMetrics, Interrupted, fit
+from search_spaces import Stage
+
+log = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """The trial could not run (e.g. out of memory); recorded as FAIL, the worker goes on."""
+
+
+class WorkerStopping(Exception):
+    """SIGTERM/SIGINT arrived mid-trial: the trial fails here and is queued again elsewhere."""
+
+
+class Objective:
+    def __init__(self, stage: Stage, frozen: dict[str, Any], epochs: int, seed: int,
+                 data: DeviceData, artifact_store, objectives: str = "accuracy",
+                 stop: threading.Event | None = None, bf16: bool = False,
+                 checkpoint_every: int = 1, on_epoch=None):
+        self.stage, self.frozen, self.epochs, self.seed = stage, frozen, epochs, seed
+        self.data, self.store, self.objectives = data, artifact_store, objectives
+        self.stop, self.bf16, self.checkpoint_every = stop, bf16, checkpoint_every
+        self.on_epoch = on_epoch  # progress display: (trial, metrics) -> None
+
+    def __call__(self, trial: optuna.Trial):
+        self.current_trial_id = trial._trial_id
+        trial.set_user_attr("device", str(self.data.device))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        base = {**self.frozen, "epochs": self.epochs, "seed": self.seed}
+        try:
+            config = from_dict(self.stage.suggest(trial, base))
+            feature_map_sizes(config, self.data.image_size)
+        except HpoError as e:
+            return self._prune(trial, f"impossible configuration: {e}")
+        trial.set_user_attr("config", config.to_dict())
+        resume = self._load_checkpoint(trial, config)
+        multi = self.objectives != "accuracy"
+
+        def on_epoch(m: EpochMetrics, checkpoint) -> None:
+            if not multi:  # a step the failed attempt already reported is ignored by Optuna
+                trial.report(m.val_acc, m.epoch)
+            history.append(m)
+            trial.set_user_attr("history", [vars(h) for h in history])
+            if self.checkpoint_every and m.epoch % self.checkpoint_every == 0 and m.epoch < config.epochs:
+                self._save_checkpoint(trial, m.epoch, config, checkpoint())
+            if self.on_epoch is not None:
+                self.on_epoch(trial, m)
+            if not multi and trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"validation accuracy {m.val_acc:.4f} after epoch {m.epoch} is below the "
+                    f"pruner's threshold")
+
+        history: list[EpochMetrics] = [EpochMetrics(**h) for h in (resume or {}).get("history", [])]
+        try:
+            result = fit(config, self.data, on_epoch, resume, self.bf16, stop=self.stop)
+        except optuna.TrialPruned as e:
+            self._finish(trial, history)
+            return self._prune(trial, str(e))
+        except Interrupted:
+            raise WorkerStopping(f"trial {trial.number} interrupted by a stop signal") from None
+        except torch.OutOfMemoryError:
+            if self.data.device.type == "cuda":
+                torch.cuda.empty_cache()
+            trial.set_user_attr("end_reason", f"out of memory on {self.data.device}")
+            raise TrialFailed(f"trial {trial.number}: out of memory on {self.data.device}") from None
+        self._finish(trial, result.history)
+        trial.set_user_attr("params", result.params)
+        trial.set_user_attr("seconds", result.seconds)
+        if result.status == "diverged":
+            return self._prune(trial, f"diverged: {result.reason}")
+        trial.set_user_attr("end_reason", result.reason or result.status)
+        self._remove_checkpoint(trial)
+        accuracy = result.best_val_acc
+        if self.objectives == "accuracy,time":
+            return accuracy, result.seconds
+        if self.objectives == "accuracy,params":
+            return accuracy, float(result.params)
+        return accuracy
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _prune(self, trial: optuna.Trial, reason: str):
+        trial.set_user_attr("end_reason", reason)
+        self._remove_checkpoint(trial)
+        if self.objectives != "accuracy":  # multi-objective studies cannot prune: record a failure
+            raise TrialFailed(reason)
+        raise optuna.TrialPruned(reason)
+
+    def _finish(self, trial: optuna.Trial, history: list[EpochMetrics]) -> None:
+        if history:
+            last = history[-1]
+            trial.set_user_attr("gap", last.train_acc - last.val_acc)
+
+    def _checkpoint_id(self, trial: optuna.Trial) -> str:
+        # A retried trial carries the number of the trial it retries, and so its checkpoint.
+        root = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        return f"checkpoint-study{trial.study._study_id}-trial{root if root is not None else trial.number}"
+
+    def _save_checkpoint(self, trial, epoch: int, config: Config, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save({"config": config.to_dict(), **state}, buffer)
+        buffer.seek(0)
+        artifact_id = self._checkpoint_id(trial)
+        self.store.write(artifact_id, buffer)
+        trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
+
+    def _load_checkpoint(self, trial, config: Config) -> dict[str, Any] | None:
+        pointer = trial.user_attrs.get("checkpoint")  # inherited from the trial this one retries
+        if not pointer:
+            return None
+        try:
+            with self.store.open_reader(pointer["artifact_id"]) as reader:
+                state = torch.load(io.BytesIO(reader.read()), map_location=self.data.device,
+                                   weights_only=False)
+        except Exception as e:
+            log.warning("trial %d: checkpoint %s unreadable (%s); starting from epoch 0",
+                        trial.number, pointer.get("artifact_id"), e)
+            return None
+        if state.get("config") != config.to_dict():
+            log.warning("trial %d: checkpoint belongs to another config; starting from epoch 0",
+                        trial.number)
+            return None
+        log.info("trial %d resumes from epoch %d of its checkpoint", trial.number, pointer["epoch"])
+        trial.set_user_attr("resumed_from_epoch", pointer["epoch"])
+        return state
+
+    def _remove_checkpoint(self, trial) -> None:
+        pointer = trial.user_attrs.get("checkpoint")
+        if pointer:
+            try:
+                self.store.remove(pointer["artifact_id"])
+            except Exception:
+                pass
