@@ -47,10 +47,10 @@ CROP_PADDING = 4
 LOOPS = ("ours", "conventional", "compute_bound")
 # name -> (architecture knobs, default images per measurement: a few seconds each on 2 CPU cores)
 ARCHITECTURES = {
-    "small": (dict(conv_layers=2, filters=[16, 32], kernel_size=3, fc_widths=[128]), 12288),
-    "medium": (dict(conv_layers=3, filters=[32, 64, 128], kernel_size=3, fc_widths=[256]), 3072),
+    "small": (dict(conv_layers=2, filters=[16, 32], kernel_size=3, fc_widths=[128]), 16384),
+    "medium": (dict(conv_layers=3, filters=[32, 64, 128], kernel_size=3, fc_widths=[256]), 4096),
     "reports": (dict(conv_layers=3, filters=[64, 128, 512], kernel_size=4, stride=1, padding=1,
-                     pool="max", pool_size=2, fc_widths=[256]), 768),
+                     pool="max", pool_size=2, fc_widths=[256]), 1024),
 }
 TARGET_VS_CONVENTIONAL = {"small": 2.5}  # ours / conventional
 TARGET_VS_COMPUTE_BOUND = 0.90  # ours / compute_bound, every architecture
@@ -103,8 +103,9 @@ class DecodedImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def conventional_loader(data: DeviceData, batch_size: int, workers: int, seed: int
+def conventional_loader(data: DeviceData, batch_size: int, workers: int
                         ) -> torch.utils.data.DataLoader:
+    """The training split as a course report would load it; each ``iter`` is a fresh epoch."""
     from torchvision import transforms
 
     transform = transforms.Compose([
@@ -117,16 +118,17 @@ def conventional_loader(data: DeviceData, batch_size: int, workers: int, seed: i
     dataset = DecodedImages(images, data.train.y.cpu().tolist(), transform)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-        pin_memory=data.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+        pin_memory=data.device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
-def batches(loop: str, data: DeviceData, batch_size: int, workers: int, epoch: int
+def batches(loop: str, data: DeviceData, loader: torch.utils.data.DataLoader, epoch: int
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    batch_size = loader.batch_size
     if loop == "ours":
         yield from data.train_batches(batch_size, epoch, seed=0, flip=True,
                                       crop_padding=CROP_PADDING)
     elif loop == "conventional":
-        for x, y in conventional_loader(data, batch_size, workers, epoch):
+        for x, y in loader:
             x = x.to(data.device, non_blocking=True)
             if data.channels_last:  # same model memory format as ours; only the data path differs
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -137,11 +139,11 @@ def batches(loop: str, data: DeviceData, batch_size: int, workers: int, epoch: i
         yield from itertools.repeat(batch)
 
 
-def measure(loop: str, config: Config, data: DeviceData, n_batches: int, warmup: int,
-            workers: int, epoch: int) -> tuple[int, float]:
+def measure(loop: str, config: Config, data: DeviceData, loader: torch.utils.data.DataLoader,
+            n_batches: int, warmup: int, epoch: int) -> tuple[int, float]:
     """(images, seconds) of n_batches timed training steps after warmup untimed ones."""
     trainer = Trainer(config, data)
-    source = batches(loop, data, config.batch_size, workers, epoch)
+    source = batches(loop, data, loader, epoch)
     try:
         for x, y in itertools.islice(source, warmup):
             trainer.step(x, y)
@@ -166,16 +168,22 @@ def run(args: argparse.Namespace) -> None:
     n_batches = {name: -(-(args.images or default) // args.batch_size)
                  for name, (_, default) in archs.items()}
     train_size = (max(n_batches.values()) + args.warmup) * args.batch_size
-    data = DeviceData(load_images(args.dataset), device, train_size=train_size)
+    images = load_images(args.dataset)
+    try:
+        data = DeviceData(images, device, train_size=train_size)
+    except HpoError as e:
+        raise HpoError(f"--images, --warmup and --batch-size need {train_size} training images "
+                       f"({e})") from None
     log.info("device %s, %d torch threads, %d DataLoader workers, train subset %d images",
              device, torch.get_num_threads(), args.workers, train_size)
+    loader = conventional_loader(data, args.batch_size, args.workers)
     for name, (knobs, _) in archs.items():
         config = Config(**knobs, batch_size=args.batch_size, flip=True, crop_padding=CROP_PADDING)
         rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
         for r in range(args.rounds):
             for loop in (LOOPS if r % 2 == 0 else LOOPS[::-1]):
-                images, seconds = measure(loop, config, data, n_batches[name], args.warmup,
-                                          args.workers, epoch=r)
+                images, seconds = measure(loop, config, data, loader, n_batches[name],
+                                          args.warmup, epoch=r)
                 rates[loop].append(images / seconds)
                 emit({"arch": name, "round": r + 1, "loop": loop, "images": images,
                       "seconds": round(seconds, 3), "img_per_s": round(images / seconds, 1)})
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="timed images per measurement, rounded up to whole batches (default per "
                         "architecture: " + ", ".join(f"{k} {v[1]}" for k, v in ARCHITECTURES.items())
                         + ")")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
     p.add_argument("--workers", type=int, default=2, help="conventional DataLoader workers")
     p.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))

@@ -53,6 +53,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create_study(args: argparse.Namespace) -> int:
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    storage = open_storage(args.storage)
+    if args.study in {s.study_name for s in storage.get_all_studies()}:
+        if args.skip_if_exists:
+            print(f"study {args.study!r} already exists; skipped")
+            return 0
+        raise HpoError(f"study {args.study!r} already exists; pass --skip-if-exists to accept that")
+    flags = {"dataset": args.dataset, "epochs": args.epochs, "train_size": args.train_size,
+             "seed": args.seed, "n_trials": args.n_trials, "sampler": args.sampler,
+             "pruner": args.pruner, "objectives": args.objectives}
+    study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
+                                           args.from_file)
+    print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "
+          f"{settings.epochs} epochs, {settings.sampler} sampler, frozen from "
+          f"{study.user_attrs.get('frozen_from')})")
+    return 0
+
+
 def cmd_stages(args: argparse.Namespace) -> int:
     from search_spaces import all_stages
 
@@ -125,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("create-study", help="create a stage study without running trials")
+    storage_flag(c)
+    c.add_argument("--study", required=True)
+    c.add_argument("--space", help="stage to search when the study name is not a stage name")
+    c.add_argument("--n-trials", type=int, help="study-wide trial budget")
+    c.add_argument("--sampler", help="tpe | random | grid | gp | cmaes")
+    c.add_argument("--pruner", help="median | hyperband | none")
+    c.add_argument("--objectives", help="accuracy | accuracy,time | accuracy,params")
+    c.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--train-size", type=int)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--after", help="study whose best trial to freeze from")
+    c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
+    c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")
+    c.set_defaults(func=cmd_create_study)
 
     s = sub.add_parser("stages", help="list the stages (study names) and their budgets")
     s.set_defaults(func=cmd_stages)

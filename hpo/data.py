@@ -8,6 +8,7 @@ with ``train/`` and ``test/`` class sub-folders, e.g. ``../shared/data/cifar10-j
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import logging
@@ -153,8 +154,12 @@ def _torchvision(name: str) -> ImageSet:
     root = Path(os.environ.get("HPO_DATA_DIR") or cache_dir() / "torchvision")
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
-        train = cls(str(root), train=True, download=True)
-        test = cls(str(root), train=False, download=True)
+        root.mkdir(parents=True, exist_ok=True)
+        # Workers sharing a cache folder must not download into it at the same time.
+        with open(root / ".download.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            train = cls(str(root), train=True, download=True)
+            test = cls(str(root), train=False, download=True)
     except Exception as e:
         raise HpoError(
             f"dataset {name!r} is not under {root} and could not be downloaded ({type(e).__name__}); "
@@ -220,6 +225,9 @@ class DeviceData:
     def train_batches(self, batch_size: int, epoch: int, seed: int, flip: bool = False,
                       crop_padding: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: a seeded permutation, sliced into batches, augmented as whole tensors."""
+        if crop_padding >= self.image_size:  # reflect padding needs pad < image size
+            raise HpoError(f"crop padding {crop_padding} is invalid for {self.image_size}px "
+                           f"images; allowed: 0 to {self.image_size - 1}")
         g = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + epoch)
         n = len(self.train)
         order = torch.randperm(n, generator=g, device=self.device)

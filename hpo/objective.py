@@ -10,16 +10,21 @@ import io
 import logging
 import os
 import socket
+import json
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.artifacts import upload_artifact
 
 from hpo.config import Config, from_dict
 from hpo.data import DeviceData
 from hpo.errors import HpoError
 from hpo.model import feature_map_sizes
+from hpo.plots import plot_learning_curve
 from hpo.train import EpochMetrics, Interrupted, fit
 from search_spaces import Stage
 
@@ -77,7 +82,7 @@ class Objective:
         try:
             result = fit(config, self.data, on_epoch, resume, self.bf16, stop=self.stop)
         except optuna.TrialPruned as e:
-            self._finish(trial, history)
+            self._finish(trial, history, config)
             return self._prune(trial, str(e))
         except Interrupted:
             raise WorkerStopping(f"trial {trial.number} interrupted by a stop signal") from None
@@ -86,7 +91,7 @@ class Objective:
                 torch.cuda.empty_cache()
             trial.set_user_attr("end_reason", f"out of memory on {self.data.device}")
             raise TrialFailed(f"trial {trial.number}: out of memory on {self.data.device}") from None
-        self._finish(trial, result.history)
+        self._finish(trial, result.history, config)
         trial.set_user_attr("params", result.params)
         trial.set_user_attr("seconds", result.seconds)
         if result.status == "diverged":
@@ -94,6 +99,7 @@ class Objective:
         trial.set_user_attr("end_reason", result.reason or result.status)
         self._remove_checkpoint(trial)
         accuracy = result.best_val_acc
+        self._publish_if_best(trial, accuracy, result.model, config)
         if self.objectives == "accuracy,time":
             return accuracy, result.seconds
         if self.objectives == "accuracy,params":
@@ -109,10 +115,39 @@ class Objective:
             raise TrialFailed(reason)
         raise optuna.TrialPruned(reason)
 
-    def _finish(self, trial: optuna.Trial, history: list[EpochMetrics]) -> None:
+    def _finish(self, trial: optuna.Trial, history: list[EpochMetrics], config: Config) -> None:
+        """Record the gap and attach the learning curve and config as dashboard artifacts."""
         if history:
             last = history[-1]
             trial.set_user_attr("gap", last.train_acc - last.val_acc)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                curve = plot_learning_curve([vars(h) for h in history],
+                                            Path(tmp) / f"learning-curve-trial{trial.number}.png",
+                                            title=f"trial {trial.number}")
+                upload_artifact(artifact_store=self.store, file_path=str(curve),
+                                study_or_trial=trial, mimetype="image/png")
+                cfg = Path(tmp) / f"config-trial{trial.number}.json"
+                cfg.write_text(json.dumps(config.to_dict(), indent=2))
+                upload_artifact(artifact_store=self.store, file_path=str(cfg),
+                                study_or_trial=trial, mimetype="application/json")
+        except Exception as e:  # artifacts are a view; never lose the trial over them
+            log.warning("trial %d: could not store artifacts (%s)", trial.number, e)
+
+    def _publish_if_best(self, trial: optuna.Trial, accuracy: float, model, config: Config) -> None:
+        """The best trial so far also gets its trained weights as an artifact."""
+        best = [t.values[0] for t in trial.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.values]
+        if best and accuracy <= max(best):
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"model-trial{trial.number}.pt"
+                torch.save({"config": config.to_dict(), "model": model.state_dict()}, path)
+                upload_artifact(artifact_store=self.store, file_path=str(path),
+                                study_or_trial=trial, mimetype="application/octet-stream")
+        except Exception as e:
+            log.warning("trial %d: could not store the model (%s)", trial.number, e)
 
     def _checkpoint_id(self, trial: optuna.Trial) -> str:
         # A retried trial carries the number of the trial it retries, and so its checkpoint.

@@ -145,7 +145,8 @@ def _accuracy(trial: Any) -> float | None:
     """The objective for complete trials, else the best validation accuracy reached before stop."""
     if trial.state.name == "COMPLETE":
         return trial.values[0]
-    history = [r["val_acc"] for r in trial.user_attrs.get("history", []) if _finite(r.get("val_acc"))]
+    history = [r["val_acc"] for r in trial.user_attrs.get("history", [])
+               if _finite(r.get("val_acc"))]
     reported = [v for v in trial.intermediate_values.values() if _finite(v)]
     return max(history or reported, default=None)
 

@@ -83,15 +83,11 @@ def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file:
         return dict(DEFAULTS), {"defaults": True, "reason": f"{stage.name} builds on no stage"}
     names = {s.study_name for s in storage.get_all_studies()}
     if predecessor not in names:
-        log.warning("no study %r in this storage: %s starts from the documented defaults",
-                    predecessor, stage.name)
         return dict(DEFAULTS), {"defaults": True, "reason": f"no study {predecessor!r}"}
     prev = optuna.load_study(study_name=predecessor, storage=storage)
     done = [t for t in prev.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if "config" in t.user_attrs]
     if not done:
-        log.warning("study %r has no finished trial: %s starts from the documented defaults",
-                    predecessor, stage.name)
         return dict(DEFAULTS), {"defaults": True, "reason": f"{predecessor!r} has no finished trial"}
     best = max(done, key=lambda t: t.values[0])
     log.info("freezing everything %s does not search to %s trial %d (value %.4f)",
@@ -111,6 +107,12 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     if stored.get("stage") and space and space != stored["stage"]:
         raise HpoError(f"study {study_name!r} searches stage {stored['stage']!r}, not {space!r}")
     stage = get_stage(stage_name)
+    # Check what can be checked before create_study: a failing command must not leave an empty study.
+    for kind, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if flags.get(kind) is not None:
+            check_choice(kind, flags[kind], valid)
+    if from_file and "frozen_config" not in stored:
+        config_from_document(load_json(from_file), from_file)
     if study_name in existing and "objectives" in stored:
         objectives = stored["objectives"]
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,

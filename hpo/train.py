@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import threading
@@ -149,17 +150,20 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
             torch.cuda.set_rng_state(resume["rng_cuda"], device)
 
     def checkpoint() -> dict[str, Any]:
-        return {
+        # A snapshot: state_dict() tensors alias the live weights, which keep training.
+        return copy.deepcopy({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "history": [dataclasses.asdict(m) for m in history], "seconds": elapsed,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        }
+        })
 
     params = count_parameters(model)
     status, reason = "completed", ""
-    best, since_best = max((m.val_acc for m in history), default=-1.0), 0
+    best, since_best = -1.0, 0
+    for m in history:  # a resumed run counts the epochs without improvement before it
+        best, since_best = (m.val_acc, 0) if m.val_acc > best else (best, since_best + 1)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()

@@ -56,8 +56,10 @@ def _trial(state: TrialState, rng: random.Random, epochs: int, objectives: int =
     )
 
 
-def _study(storage: str | optuna.storages.BaseStorage, name: str, states: list[TrialState], *, builds_on=None, frozen=None,
-           objectives: int = 1, seed: int = 0) -> optuna.Study:
+def _study(
+    storage: str | optuna.storages.BaseStorage, name: str, states: list[TrialState], *,
+    builds_on: str | None = None, frozen: dict | None = None, objectives: int = 1, seed: int = 0,
+) -> optuna.Study:
     directions = ["maximize", "minimize"][:objectives]
     study = optuna.create_study(storage=storage, study_name=name, directions=directions)
     study.set_user_attr("stage", name)

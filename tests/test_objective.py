@@ -1,0 +1,148 @@
+"""Objective: trial -> config -> fit, reporting and pruning, on the embedded sample, in-process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+import pytest
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
+
+from hpo.config import from_dict
+from hpo.objective import Objective, TrialFailed
+from hpo.study import Settings, make_pruner
+from search_spaces import DEFAULTS, Stage, get_stage
+
+# One conv layer of 8 filters and a 32-wide head: learns above chance in one epoch on 600 images.
+# Leaky ReLU: no unit dies, so a huge learning rate reliably ends in a NaN loss.
+TINY = {**DEFAULTS, "conv_layers": 1, "filters": [8], "fc_widths": [32], "batch_size": 32,
+        "optimizer": "sgd", "lr": 0.01, "activation": "leaky_relu"}
+
+
+def _lr_suggest(trial, frozen):
+    return {**frozen, "lr": trial.suggest_float("lr", 1e-7, 100.0, log=True)}
+
+
+LR_STAGE = Stage(name="lr_only", builds_on=None, description="lr of a tiny SGD net",
+                 n_trials=4, epochs=3, suggest=_lr_suggest, grid=lambda frozen: {"lr": [0.01]})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets run many times faster on one thread, above all on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return FileSystemArtifactStore(str(tmp_path))
+
+
+def _study(pruner: str = "none", directions=("maximize",)) -> optuna.Study:
+    return optuna.create_study(directions=list(directions),
+                               pruner=make_pruner(Settings(stage="lr_only", pruner=pruner)))
+
+
+def _objective(small_data, store, stage=LR_STAGE, frozen=TINY, epochs=2, objectives="accuracy"):
+    return Objective(stage, frozen, epochs=epochs, seed=3, data=small_data, artifact_store=store,
+                     objectives=objectives)
+
+
+def test_objective_records_config_history_and_bookkeeping(small_data, store):
+    study = _study()
+    study.enqueue_trial({"lr": 0.02})
+    study.optimize(_objective(small_data, store), n_trials=1)
+    trial = study.trials[0]
+    attrs = trial.user_attrs
+    assert trial.state == TrialState.COMPLETE
+    config = from_dict(attrs["config"])
+    assert (config.lr, config.epochs, config.seed, config.filters) == (0.02, 2, 3, [8])
+    history = attrs["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert trial.value == max(h["val_acc"] for h in history)
+    assert trial.intermediate_values == {h["epoch"]: h["val_acc"] for h in history}
+    assert attrs["gap"] == pytest.approx(history[-1]["train_acc"] - history[-1]["val_acc"])
+    assert isinstance(attrs["params"], int) and attrs["params"] > 1000
+    assert attrs["seconds"] > 0
+    assert (attrs["device"], attrs["host"], attrs["pid"]) == ("cpu", socket.gethostname(),
+                                                              os.getpid())
+    assert attrs["end_reason"] == "completed"
+
+
+def test_objective_removes_its_checkpoint_when_the_trial_ends(small_data, store):
+    study = _study()
+    study.enqueue_trial({"lr": 0.02})
+    study.optimize(_objective(small_data, store, epochs=2), n_trials=1)
+    pointer = study.trials[0].user_attrs["checkpoint"]  # written after epoch 1 of 2
+    assert pointer["epoch"] == 1
+    with pytest.raises(Exception):
+        store.open_reader(pointer["artifact_id"])
+
+
+def test_objective_median_pruner_stops_hopeless_trial_before_last_epoch(small_data, store):
+    study = _study(pruner="median")
+    for lr in (0.01, 0.02, 0.015):
+        study.enqueue_trial({"lr": lr})
+    study.enqueue_trial({"lr": 1e-6})  # stays at chance
+    study.optimize(_objective(small_data, store, epochs=3), n_trials=4)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED], \
+        [(t.params, t.state.name, t.intermediate_values) for t in study.trials]
+    hopeless = study.trials[3]
+    assert len(hopeless.user_attrs["history"]) < 3
+    assert "pruner" in hopeless.user_attrs["end_reason"]
+    assert "gap" in hopeless.user_attrs
+
+
+def test_objective_diverging_trial_is_pruned_with_reason(small_data, store):
+    study = _study(pruner="none")
+    study.enqueue_trial({"lr": 50.0})
+    study.enqueue_trial({"lr": 0.01})
+    study.optimize(_objective(small_data, store), n_trials=2)
+    diverged, after = study.trials
+    assert diverged.state == TrialState.PRUNED
+    assert diverged.user_attrs["end_reason"].startswith("diverged")
+    assert "loss" in diverged.user_attrs["end_reason"]
+    assert after.state == TrialState.COMPLETE  # the study goes on
+
+
+def test_objective_impossible_geometry_is_pruned_without_training(small_data, store):
+    stage4 = get_stage("stage4_conv")
+    frozen = {**TINY, "conv_layers": 4, "filters": [8, 8, 8, 8]}
+    study = _study(pruner="none")
+    study.enqueue_trial({"kernel_size": 7, "stride": 2, "padding": 0, "pool": "max",
+                         "pool_size": 2})
+    study.enqueue_trial({"kernel_size": 3, "stride": 1, "padding": 1, "pool": "max",
+                         "pool_size": 2})
+    study.optimize(_objective(small_data, store, stage=stage4, frozen=frozen, epochs=1),
+                   n_trials=2)
+    impossible, possible = study.trials
+    assert impossible.state == TrialState.PRUNED
+    assert "impossible" in impossible.user_attrs["end_reason"]
+    assert "history" not in impossible.user_attrs and "config" not in impossible.user_attrs
+    assert possible.state == TrialState.COMPLETE
+
+
+def test_objective_multi_objective_returns_accuracy_and_time(small_data, store):
+    study = _study(directions=("maximize", "minimize"))
+    study.enqueue_trial({"lr": 0.02})
+    study.optimize(_objective(small_data, store, epochs=1, objectives="accuracy,time"), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.values == [trial.user_attrs["history"][0]["val_acc"], trial.user_attrs["seconds"]]
+
+
+def test_objective_multi_objective_cannot_prune_so_records_failure(small_data, store):
+    study = _study(directions=("maximize", "minimize"))
+    study.enqueue_trial({"lr": 50.0})
+    study.optimize(_objective(small_data, store, epochs=1, objectives="accuracy,params"),
+                   n_trials=1, catch=(TrialFailed,))
+    trial = study.trials[0]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["end_reason"].startswith("diverged")

@@ -1,0 +1,208 @@
+"""The contract every stage keeps, over every registered stage; the registry; ``hpo stages``."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import pkgutil
+import warnings
+
+import optuna
+import pytest
+import torch
+from optuna.samplers import GridSampler, RandomSampler
+from optuna.trial import FixedTrial
+
+import search_spaces
+from hpo.config import from_dict
+from hpo.errors import HpoError
+from hpo.model import build_model, feature_map_sizes
+from search_spaces import DEFAULTS, Stage, all_stages, get_stage
+from tests.conftest import run_cli
+
+STAGES = all_stages()
+# Bases a stage may be frozen to: the documented defaults, a net without convolutions and a
+# one-layer net with non-default knobs that no stage searches (they must pass through untouched).
+BASES = {
+    "defaults": dict(DEFAULTS),
+    "no_conv": {**DEFAULTS, "conv_layers": 0, "filters": [], "fc_widths": [512, 256]},
+    "one_conv": {**DEFAULTS, "conv_layers": 1, "filters": [16], "activation": "gelu",
+                 "init": "xavier", "seed": 7, "epochs": 6, "early_stop_patience": 2},
+}
+UNTOUCHED = ("activation", "init", "seed", "epochs", "early_stop_patience", "gamma")
+
+
+def _grid_points(space: dict) -> list[dict]:
+    names = list(space)
+    return [dict(zip(names, values)) for values in itertools.product(*space.values())]
+
+
+def _check_config(config: dict, frozen: dict) -> None:
+    assert isinstance(config, dict)
+    parsed = from_dict(config)  # raises on unknown keys or bad values
+    for key in UNTOUCHED:
+        assert config[key] == frozen[key], f"{key} changed although no stage searches it"
+    try:
+        feature_map_sizes(parsed)
+    except HpoError:
+        return  # geometry the objective prunes; nothing to build
+    # On the meta device: shapes are checked, no memory is spent on 8192-wide layers.
+    with torch.no_grad(), torch.device("meta"):
+        out = build_model(parsed).eval()(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_random_trials_give_buildable_configs(name, base):
+    stage, frozen = STAGES[name], BASES[base]
+    before = {k: (list(v) if isinstance(v, list) else v) for k, v in frozen.items()}
+    for seed in range(3):
+        study = optuna.create_study(sampler=RandomSampler(seed=seed))
+        for _ in range(4):
+            trial = study.ask()
+            _check_config(stage.suggest(trial, frozen), frozen)
+            study.tell(trial, 0.5)
+    assert frozen == before, "suggest mutated the frozen base"
+
+
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_fixed_trial_from_first_grid_point(name, base):
+    stage, frozen = STAGES[name], BASES[base]
+    first = _grid_points(stage.grid(frozen))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a grid value outside suggest's distribution warns
+        trial = FixedTrial(first)
+        config = stage.suggest(trial, frozen)
+    _check_config(config, frozen)
+    assert trial.params == {k: v for k, v in first.items() if k in trial.params}
+
+
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_grid_keys_are_exactly_the_suggested_parameters(name, base):
+    stage, frozen = STAGES[name], BASES[base]
+    space = stage.grid(frozen)
+    assert space and all(isinstance(v, list) and v for v in space.values())
+    asked: set[str] = set()
+    for point in _grid_points(space):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trial = FixedTrial(point)  # raises if suggest asks for a name the grid lacks
+            stage.suggest(trial, frozen)
+        asked |= set(trial.params)
+    assert asked == set(space), f"grid keys never asked for: {set(space) - asked}"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_grid_sampler_walks_the_grid(name):
+    stage, frozen = STAGES[name], BASES["defaults"]
+    space = stage.grid(frozen)
+    points = _grid_points(space)
+    study = optuna.create_study(sampler=GridSampler(space, seed=0))
+    study.optimize(lambda trial: stage.suggest(trial, frozen) and 0.5, n_trials=min(len(points), 6))
+    seen = []
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.params and set(trial.params) <= set(space)
+        assert any(all(point[k] == v for k, v in trial.params.items()) for point in points)
+        seen.append(trial.system_attrs["grid_id"])
+    assert len(seen) == min(len(points), 6)
+    assert len(set(seen)) == len(seen), "a grid point was handed out twice"
+
+
+def test_stage_names_match_module_names():
+    modules = [m.name for m in pkgutil.iter_modules(search_spaces.__path__)
+               if not m.name.startswith("_")]
+    assert len(modules) >= 8
+    for module in modules:
+        stage = importlib.import_module(f"search_spaces.{module}").STAGE
+        assert stage.name == module
+    assert set(modules) <= set(STAGES)
+
+
+def test_stage_builds_on_names_exist_and_form_a_chain():
+    for stage in STAGES.values():
+        assert stage.builds_on is None or stage.builds_on in STAGES, stage.name
+        assert stage.n_trials >= 1 and stage.epochs >= 1
+        assert stage.description
+    # The reports' order: each stage k builds on stage k-1.
+    numbered = sorted(n for n in STAGES if n.startswith("stage"))
+    assert STAGES[numbered[0]].builds_on is None
+    for before, after in zip(numbered, numbered[1:]):
+        assert STAGES[after].builds_on == before
+
+
+def test_stage_registry_lists_builtins_in_order_with_joint_last():
+    names = list(STAGES)
+    assert names[:8] == ["stage1_layers", "stage2_fc", "stage3_filters", "stage4_conv",
+                         "stage5_regularization", "stage6_batchnorm", "stage7_optimizer",
+                         "stage8_schedule"]
+    assert names[-1] == "joint"
+
+
+def test_get_stage_unknown_lists_known_stages():
+    with pytest.raises(HpoError) as info:
+        get_stage("stage3_filter")
+    message = str(info.value)
+    assert "'stage3_filter'" in message
+    for name in STAGES:
+        assert name in message
+    assert "\n" not in message
+
+
+def _write_user_stage(folder, module: str, name: str) -> None:
+    (folder / f"{module}.py").write_text(
+        "from search_spaces import Stage\n"
+        "def suggest(trial, frozen):\n"
+        "    return {**frozen, 'lr': trial.suggest_float('lr', 1e-3, 1e-1, log=True)}\n"
+        "def grid(frozen):\n"
+        "    return {'lr': [0.01, 0.001]}\n"
+        f"STAGE = Stage(name={name!r}, builds_on='stage1_layers', description='user stage',\n"
+        "              n_trials=3, epochs=2, suggest=suggest, grid=grid)\n")
+
+
+def test_stage_registry_finds_user_stage_from_env(tmp_path, monkeypatch):
+    _write_user_stage(tmp_path, "hpo_user_stage_env", "my_lr_stage")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HPO_STAGES", " hpo_user_stage_env ,")
+    stages = all_stages()
+    assert "my_lr_stage" in stages
+    assert list(stages)[-1] == "joint"
+    stage = get_stage("my_lr_stage")
+    assert isinstance(stage, Stage) and stage.builds_on == "stage1_layers"
+
+
+def test_stage_registry_finds_user_stage_by_module_path(tmp_path, monkeypatch):
+    package = tmp_path / "hpo_user_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    _write_user_stage(package, "lr_only", "pkg_lr_stage")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("HPO_STAGES", raising=False)
+    assert "pkg_lr_stage" not in all_stages()
+    assert get_stage("hpo_user_pkg.lr_only").name == "pkg_lr_stage"
+
+
+def test_stage_registry_bad_user_module_is_one_line_error(tmp_path, monkeypatch):
+    (tmp_path / "hpo_user_no_stage.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HPO_STAGES", "hpo_user_missing_module")
+    with pytest.raises(HpoError, match="cannot import stage module 'hpo_user_missing_module'"):
+        all_stages()
+    monkeypatch.setenv("HPO_STAGES", "hpo_user_no_stage")
+    with pytest.raises(HpoError, match="defines no STAGE"):
+        all_stages()
+
+
+def test_cli_stages_lists_every_stage_and_user_stages(tmp_path):
+    _write_user_stage(tmp_path, "hpo_user_stage_cli", "cli_user_stage")
+    result = run_cli("hpo", "stages", env={"HPO_STAGES": "hpo_user_stage_cli",
+                                           "PYTHONPATH": str(tmp_path)}, check=True)
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert set(STAGES) | {"cli_user_stage"} == set(rows)
+    for name, stage in STAGES.items():
+        assert rows[name][1] == (stage.builds_on or "-")
+        assert rows[name][2:4] == [str(stage.n_trials), str(stage.epochs)]
+    assert rows["cli_user_stage"][1] == "stage1_layers"
