@@ -7,6 +7,7 @@ optuna-dashboard can share it; PostgreSQL is the shared, many-machine database.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -68,6 +69,7 @@ def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     }
 
 
+MAX_BACKOFF = 10.0  # seconds between retries while the database is unreachable
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
 
@@ -95,7 +97,7 @@ class ResilientRDBStorage(RDBStorage):
 
     def __init__(self, url: str, *, outage_timeout: float = 600.0, **kwargs: Any):
         self.outage_timeout = outage_timeout
-        self._healthy_since = time.monotonic()
+        self._healthy_since = -float("inf")  # healthy from the start: reap orphans right away
         self._first_seen_without_heartbeat: dict[int, float] = {}
         self._seen_lock = threading.Lock()
         super().__init__(url, **kwargs)
@@ -113,7 +115,9 @@ class ResilientRDBStorage(RDBStorage):
         return float(self.grace_period or 2 * (self.heartbeat_interval or 0))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        if time.monotonic() - self._healthy_since < self._grace():
+        # After an outage, heartbeat threads (ours and other workers') may still be in a backoff
+        # sleep: give them the grace period plus the longest backoff before judging anyone.
+        if time.monotonic() - self._healthy_since < self._grace() + MAX_BACKOFF:
             return []
         stale = super()._get_stale_trial_ids(study_id)
         with optuna.storages._rdb.storage._create_scoped_session(self.scoped_session) as session:
@@ -147,7 +151,7 @@ def _retrying(method):
                 self._healthy_since = float("inf")  # no reaping while the database is away
                 time.sleep(delay)
                 waited += delay
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_BACKOFF)
                 continue
             if waited:
                 log.warning("database %s reachable again after %.0fs", mask(self.url), waited)
@@ -171,11 +175,36 @@ _RETRIED = [
     "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "get_trial", "get_all_trials", "get_best_trial",
     "get_trial_user_attrs", "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    # Optuna's cached storage calls these private ones directly.
+    "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
 ]
 
 
 for _name in _RETRIED:
     setattr(ResilientRDBStorage, _name, _retrying(getattr(ResilientRDBStorage, _name)))
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, parsed: sqlalchemy.engine.URL):
+    """Serialise Optuna's table creation: workers starting together on a fresh PostgreSQL
+    database otherwise race in CREATE TABLE and one of them fails."""
+    if parsed.drivername == "sqlite":
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args=engine_kwargs(parsed)["connect_args"])
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
+_LOCK_KEY = 0x6870_6F5F  # "hpo_": any constant shared by all hpo processes
 
 
 def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace: int | None = None,
@@ -194,11 +223,12 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
         with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block writers
             conn.execute("PRAGMA journal_mode=WAL")
     try:
-        return ResilientRDBStorage(
-            url, engine_kwargs=engine_kwargs(parsed), outage_timeout=outage_timeout,
-            heartbeat_interval=heartbeat, grace_period=grace,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=3, inherit_intermediate_values=True) if heartbeat else None)
+        with _schema_lock(url, parsed):
+            return ResilientRDBStorage(
+                url, engine_kwargs=engine_kwargs(parsed), outage_timeout=outage_timeout,
+                heartbeat_interval=heartbeat, grace_period=grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=3, inherit_intermediate_values=True) if heartbeat else None)
     except Exception as e:
         if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
                           sqlite3.Error)) or _is_transient(e):

@@ -13,7 +13,7 @@ import hpo.train
 from hpo.config import OPTIMIZERS, SCHEDULERS, from_dict
 from hpo.data import DeviceData
 from hpo.errors import HpoError
-from hpo.model import build_model, count_parameters
+from hpo.model import build_model, count_parameters, penalised_weights
 from hpo.train import Interrupted, evaluate, fit, make_optimizer, make_scheduler, resolve_device
 
 TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
@@ -149,7 +149,7 @@ def test_train_l1_adds_to_loss_and_shrinks_weights(tiny_data):
     assert l1.history[0].train_loss > plain.history[0].train_loss + 1e-3
 
     def size(model):
-        return sum(w.abs().sum().item() for w in hpo.model.penalised_weights(model))
+        return sum(w.abs().sum().item() for w in penalised_weights(model))
 
     assert size(l1.model) < size(plain.model)
 
@@ -159,7 +159,7 @@ def test_train_weight_decay_shrinks_weights(tiny_data):
     decayed = fit(tiny(weight_decay=0.5), tiny_data)
 
     def norm(model):
-        return sum(w.pow(2).sum().item() for w in hpo.model.penalised_weights(model))
+        return sum(w.pow(2).sum().item() for w in penalised_weights(model))
 
     assert norm(decayed.model) < norm(plain.model)
 
