@@ -16,6 +16,7 @@ import optuna
 
 from hpo.config import config_from_document, load_json
 from hpo.errors import HpoError
+from hpo.notes import write_stage_note
 from search_spaces import DEFAULTS, Stage, get_stage
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,12 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         study.set_user_attr("description", stage.description)
         study.set_user_attr("objectives", objectives)
         study.set_user_attr("stage", stage.name)
+        write_stage_note(study, stage, origin, frozen)
         if origin.get("defaults"):
-            log.warning("%s: %s; using the documented defaults (search_spaces/_stage.py DEFAULTS)",
-                        study_name, origin["reason"])
+            # Expected for a first stage; worth a warning when a predecessor was meant to exist.
+            level = logging.INFO if (after or stage.builds_on) is None else logging.WARNING
+            log.log(level, "%s: %s; using the documented defaults (search_spaces/_stage.py "
+                    "DEFAULTS)", study_name, origin["reason"])
     return study, stage, settings, frozen
 
 
