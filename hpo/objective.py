@@ -93,7 +93,6 @@ class Objective:
             raise TrialFailed(f"trial {trial.number}: out of memory on {self.data.device}") from None
         self._finish(trial, result.history, config)
         trial.set_user_attr("params", result.params)
-        trial.set_user_attr("seconds", result.seconds)
         if result.status == "diverged":
             return self._prune(trial, f"diverged: {result.reason}")
         trial.set_user_attr("end_reason", result.reason or result.status)
@@ -120,6 +119,7 @@ class Objective:
         if history:
             last = history[-1]
             trial.set_user_attr("gap", last.train_acc - last.val_acc)
+            trial.set_user_attr("seconds", sum(h.seconds for h in history))
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 curve = plot_learning_curve([vars(h) for h in history],

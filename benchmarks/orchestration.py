@@ -1,0 +1,559 @@
+"""What the worker's orchestration costs on PostgreSQL, around the training it orchestrates.
+
+Part ``a`` (throughput): trials/second of a trivial objective (stage1_layers' three suggestions,
+three reports with a pruning check each, return) through
+
+- ``ours``: the real ``hpo.worker.run_worker`` (open_storage with heartbeat, open_study,
+  make_sampler/make_pruner, the budget + progress callback, the StaleTrialReaper, the start-up
+  stale-trial check). run_worker builds its objective itself and takes no objective argument, so
+  this benchmark substitutes ``hpo.objective.Objective`` by a trivial class with the same
+  constructor (it also calls the worker's per-epoch progress hook) and ``hpo.data.load`` by a stub;
+- ``plain``: ``optuna.load_study(storage=URL)`` (plain RDBStorage, default TPESampler and
+  MedianPruner) and ``study.optimize`` without callbacks,
+
+with 1, 2, 4 and 8 worker processes, each optimizing for a fixed wall time after a common start
+barrier; ours and plain alternate per process count, each in a fresh database. Throughput is the
+number of finished (complete + pruned) trials over [first trial start, last trial end] from the
+database. Target: ours/plain >= 0.9.
+
+Part ``b`` (overhead share): the real run_worker on cifar10-sample (stage1_layers, small train
+subset) in this process, with timers around its pieces (storage calls, sampler, pruner, model
+build, plotting, artifact uploads, checkpoints, callbacks). Per trial: wall = datetime_complete -
+datetime_start, training = sum of the per-epoch 'seconds' in user_attrs['history'],
+share = 1 - training / wall. Target: < 2%.
+
+One JSON line per measurement, then summary lines. Usage (from the repo root):
+
+    .venv/bin/python benchmarks/orchestration.py [--part a|b|both] [--seconds 12] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import types
+import uuid
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # search_spaces lives at the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_PG = os.environ.get("HPO_TEST_DATABASE_URL",
+                            "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+STUDY = "bench"
+BARRIER_TIMEOUT = 300
+
+
+@contextlib.contextmanager
+def scratch_database(base_url: str, tag: str):
+    """A fresh PostgreSQL database on the server of base_url, dropped afterwards."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(base_url)
+    name = f"hpo_{tag}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _quiet() -> None:
+    import optuna
+
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+# -- part a: throughput of trivial trials -------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _stage1(get_stage):
+    return get_stage("stage1_layers")
+
+
+def trivial_trial(trial, on_epoch=None) -> float:
+    """stage1_layers' suggestions, three reports with a pruning check each, a value."""
+    import optuna
+    from search_spaces import DEFAULTS, get_stage
+
+    config = _stage1(get_stage).suggest(trial, dict(DEFAULTS))
+    value = (0.7 - 0.1 * abs(config["conv_layers"] - 3) - 0.05 * abs(math.log10(config["lr"]) + 2)
+             + 0.01 * (config["batch_size"] == 64))
+    for step in (1, 2, 3):
+        accuracy = value * step / 3
+        trial.report(accuracy, step)
+        if on_epoch is not None:
+            on_epoch(trial, types.SimpleNamespace(epoch=step, val_acc=accuracy))
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return value
+
+
+def _worker_args(url: str, artifacts: str, extra: list[str]):
+    from hpo.worker import build_parser
+
+    return build_parser().parse_args(
+        ["--study", STUDY, "--space", "stage1_layers", "--storage", url, "--artifacts", artifacts,
+         "--devices", "cpu", "--quiet", *extra])
+
+
+def _count_round_trips():
+    """Count this process's database round trips: statements, commits and pool pre-pings."""
+    import collections
+
+    import sqlalchemy
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    counts: collections.Counter = collections.Counter()
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute",
+                            lambda *args: counts.update(("statements",)))
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", lambda *args: counts.update(("commits",)))
+    original = PGDialect_psycopg2.do_ping
+
+    def do_ping(self, dbapi_connection):
+        counts.update(("pings",))
+        return original(self, dbapi_connection)
+
+    PGDialect_psycopg2.do_ping = do_ping
+    return counts
+
+
+# Ablations of ours, to attribute its cost: each removes one source of database round trips.
+ABLATIONS = {
+    "ours": (),
+    "ours-noping": ("noping",),      # engine without pool_pre_ping (one SELECT 1 per session)
+    "ours-noreads": ("noreads",),    # budget/progress callbacks without their get_trials reads
+    "ours-lean": ("noping", "noreads"),
+}
+
+
+def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifacts: str, barrier,
+                queue) -> None:
+    import hpo.data
+    import hpo.objective
+    import hpo.progress
+    import hpo.storage
+    import hpo.worker
+    from hpo.worker import run_worker, setup_logging
+
+    counts = _count_round_trips()
+
+    class TrivialObjective:  # hpo.objective.Objective's constructor, a trivial trial
+        def __init__(self, stage, frozen, epochs, seed, data, artifact_store,
+                     objectives="accuracy", stop=None, bf16=False, checkpoint_every=1,
+                     on_epoch=None):
+            self.on_epoch = on_epoch
+            barrier.wait(BARRIER_TIMEOUT)  # built right before study.optimize: start together
+            counts.clear()
+            counts["cpu_us"] = -int(time.process_time() * 1e6)
+
+        def __call__(self, trial):
+            self.current_trial_id = trial._trial_id
+            return trivial_trial(trial, self.on_epoch)
+
+    hpo.objective.Objective = TrivialObjective
+    hpo.data.load = lambda *args, **kwargs: None
+    if "noping" in ABLATIONS[variant]:
+        engine_kwargs = hpo.storage.engine_kwargs
+        hpo.storage.engine_kwargs = lambda url: {**engine_kwargs(url), "pool_pre_ping": False}
+    if "noreads" in ABLATIONS[variant]:
+        hpo.worker.budget_left = lambda study, n_trials: n_trials
+        hpo.progress.Progress._count_finished = lambda self: 0
+    setup_logging(quiet=True)
+    _quiet()
+    args = _worker_args(url, artifacts, ["--n-trials", str(10 ** 9), "--timeout", str(seconds),
+                                         "--heartbeat", str(heartbeat)])
+    try:
+        code = run_worker(args, "cpu")
+    finally:
+        counts["cpu_us"] += int(time.process_time() * 1e6)
+        queue.put(dict(counts))
+    sys.exit(code)
+
+
+def _plain_child(url: str, seconds: float, barrier, queue) -> None:
+    import optuna
+
+    _quiet()
+    counts = _count_round_trips()
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    barrier.wait(BARRIER_TIMEOUT)
+    counts.clear()
+    counts["cpu_us"] = -int(time.process_time() * 1e6)
+    try:
+        study.optimize(trivial_trial, timeout=seconds)
+    finally:
+        counts["cpu_us"] += int(time.process_time() * 1e6)
+        queue.put(dict(counts))
+
+
+def _create_study(variant: str, url: str, artifacts: str, heartbeat: int) -> None:
+    import optuna
+
+    if variant == "plain":
+        optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
+        return
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    args = _worker_args(url, artifacts, ["--n-trials", str(10 ** 9)])
+    storage = open_storage(url, heartbeat=heartbeat, grace=args.grace)
+    open_study(storage, STUDY, args.space, {"n_trials": 10 ** 9})
+    storage.engine.dispose()
+
+
+def measure_throughput(variant: str, workers: int, seconds: float, heartbeat: int,
+                       pg: str) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    ctx = mp.get_context("spawn")
+    with scratch_database(pg, "orch") as url, tempfile.TemporaryDirectory() as artifacts:
+        _create_study(variant, url, artifacts, heartbeat)
+        barrier, queue = ctx.Barrier(workers), ctx.Queue()
+        target, args = ((_plain_child, (url, seconds, barrier, queue)) if variant == "plain" else
+                        (_ours_child, (variant, url, seconds, heartbeat, artifacts, barrier, queue)))
+        procs = [ctx.Process(target=target, args=args) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        counts: dict[str, int] = defaultdict(int)
+        for _ in procs:
+            with contextlib.suppress(Exception):
+                for key, value in queue.get(timeout=seconds + BARRIER_TIMEOUT).items():
+                    counts[key] += value
+        for p in procs:
+            p.join(BARRIER_TIMEOUT)
+        storage = optuna.storages.RDBStorage(url)
+        try:
+            trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+        finally:
+            storage.engine.dispose()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    window = (max(t.datetime_complete for t in finished)
+              - min(t.datetime_start for t in finished)).total_seconds() if finished else 0.0
+    return {"part": "a", "variant": variant, "workers": workers, "finished": len(finished),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials),
+            "left_running": sum(t.state == TrialState.RUNNING for t in trials),
+            "exit_codes": sorted({p.exitcode for p in procs}, key=str),
+            "seconds": round(window, 2),
+            "trials_per_second": round(len(finished) / window, 2) if window else 0.0,
+            # Database round trips (statements + commits + pool pre-pings, all threads) per trial,
+            # and the worker processes' own CPU time per trial: both less noisy than trials/s.
+            "round_trips_per_trial": round(sum(v for k, v in counts.items() if k != "cpu_us")
+                                           / len(finished), 1) if finished else None,
+            "worker_cpu_ms_per_trial": round(counts["cpu_us"] / 1000 / len(finished), 1)
+            if finished else None,
+            "round_trips": {k: v for k, v in counts.items() if k != "cpu_us"}}
+
+
+def part_a(args) -> dict:
+    rows = []
+    for repeat in range(args.repeats):
+        for workers in args.workers:
+            order = args.variants if repeat % 2 == 0 else args.variants[::-1]
+            for variant in order:
+                row = measure_throughput(variant, workers, args.seconds, args.heartbeat, args.pg)
+                row["repeat"] = repeat
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    per_workers = {}
+    for workers in args.workers:
+        entry = {}
+        for v in args.variants:
+            mine = [r for r in rows if r["workers"] == workers and r["variant"] == v]
+            entry[f"{v}_tps_median"] = statistics.median(r["trials_per_second"] for r in mine)
+            entry[f"{v}_round_trips_per_trial_median"] = statistics.median(
+                r["round_trips_per_trial"] or 0 for r in mine)
+            entry[f"{v}_worker_cpu_ms_per_trial_median"] = statistics.median(
+                r["worker_cpu_ms_per_trial"] or 0 for r in mine)
+        plain = entry.get("plain_tps_median")
+        for v in args.variants:
+            if v != "plain" and plain:
+                entry[f"ratio_{v}_plain"] = round(entry[f"{v}_tps_median"] / plain, 3)
+        per_workers[str(workers)] = entry
+    ratios = [v["ratio_ours_plain"] for v in per_workers.values() if "ratio_ours_plain" in v]
+    summary = {"part": "a", "summary": True, "seconds_per_measurement": args.seconds,
+               "repeats": args.repeats, "heartbeat": args.heartbeat, "by_workers": per_workers,
+               "min_ratio": min(ratios) if ratios else None, "target": ">= 0.9",
+               "target_met": bool(ratios) and min(ratios) >= 0.9}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+# -- part b: the non-training share of a real trial ---------------------------------------------
+
+class Timers:
+    """Exclusive wall time of nested timed calls, as (thread, category, start, end, seconds)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, float, float, float]] = []
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    def wrap(self, category: str, fn):
+        timers = self
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            stack = getattr(timers.local, "stack", None)
+            if stack is None:
+                stack = timers.local.stack = []
+            stack.append(0.0)  # time spent in timed children
+            start_wall, start = time.time(), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                total = time.perf_counter() - start
+                children = stack.pop()
+                if stack:
+                    stack[-1] += total
+                with timers.lock:
+                    timers.events.append((threading.current_thread().name, category,
+                                          start_wall, start_wall + total, total - children))
+
+        return timed
+
+
+STORAGE_METHODS = [
+    "create_new_study", "get_study_id_from_name", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_all_studies", "set_study_user_attr", "create_new_trial",
+    "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
+    "_get_best_trial_id", "get_trial_user_attrs", "get_trial_system_attrs",
+    "get_trial_id_from_study_id_trial_number", "record_heartbeat", "_get_stale_trial_ids",
+    "check_trial_is_updatable",
+]
+
+
+def instrument(timers: Timers) -> None:
+    """Wrap the pieces of hpo's worker path (in this process) with timers."""
+    import optuna
+
+    import hpo.objective
+    import hpo.progress
+    import hpo.storage
+    import hpo.study
+    import hpo.train
+    import hpo.worker
+
+    w = timers.wrap
+    original_open = hpo.storage.open_storage
+
+    def open_storage(*args, **kwargs):
+        storage = original_open(*args, **kwargs)
+        for name in STORAGE_METHODS:
+            if hasattr(storage, name):
+                setattr(storage, name, w("storage." + name.lstrip("_"), getattr(storage, name)))
+        return storage
+
+    hpo.storage.open_storage = open_storage
+    original_sampler, original_pruner = hpo.study.make_sampler, hpo.study.make_pruner
+
+    def make_sampler(*args, **kwargs):
+        sampler = original_sampler(*args, **kwargs)
+        for name in ("infer_relative_search_space", "sample_relative", "sample_independent",
+                     "before_trial", "after_trial"):
+            setattr(sampler, name, w("sampler." + name, getattr(sampler, name)))
+        return sampler
+
+    def make_pruner(*args, **kwargs):
+        pruner = original_pruner(*args, **kwargs)
+        pruner.prune = w("pruner.prune", pruner.prune)
+        return pruner
+
+    hpo.study.make_sampler, hpo.study.make_pruner = make_sampler, make_pruner
+    original_fit = hpo.objective.fit
+
+    def fit(config, data, on_epoch=None, *args, **kwargs):
+        def epoch_hook(metrics, checkpoint):
+            return w("objective.on_epoch", on_epoch)(
+                metrics, w("fit.checkpoint_snapshot", checkpoint))
+
+        return original_fit(config, data, epoch_hook if on_epoch else None, *args, **kwargs)
+
+    hpo.objective.fit = w("fit (training + rest)", fit)
+    hpo.train.build_model = w("fit.build_model", hpo.train.build_model)
+    hpo.objective.plot_learning_curve = w("artifacts.plot_png", hpo.objective.plot_learning_curve)
+    hpo.objective.upload_artifact = w("artifacts.upload", hpo.objective.upload_artifact)
+    for name, category in (("__call__", "objective (suggest, config, user attrs)"),
+                           ("_save_checkpoint", "checkpoint.save"),
+                           ("_load_checkpoint", "checkpoint.load"),
+                           ("_remove_checkpoint", "checkpoint.remove"),
+                           ("_publish_if_best", "artifacts.best_model"),
+                           ("_finish", "artifacts.finish")):
+        setattr(hpo.objective.Objective, name, w(category, getattr(hpo.objective.Objective, name)))
+    for name in ("epoch", "trial_done", "_count_finished"):
+        setattr(hpo.progress.Progress, name,
+                w("progress." + name, getattr(hpo.progress.Progress, name)))
+    hpo.worker.budget_left = w("callback.budget_left", hpo.worker.budget_left)
+    optuna.storages.fail_stale_trials = w("fail_stale_trials", optuna.storages.fail_stale_trials)
+
+
+def _breakdown(events, start: float, end: float) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for thread, category, s, e, exclusive in events:
+        if thread == "MainThread" and e > start and s < end:
+            out[category] += exclusive
+    return out
+
+
+def part_b(args) -> dict:
+    import cProfile
+    import pstats
+
+    import optuna
+
+    from hpo.worker import run_worker, setup_logging
+
+    timers = Timers()
+    instrument(timers)
+    setup_logging(quiet=True)
+    _quiet()
+    profiler = cProfile.Profile() if args.profile else None
+    with scratch_database(args.pg, "orchb") as url, tempfile.TemporaryDirectory() as artifacts:
+        worker_args = _worker_args(url, artifacts, [
+            "--n-trials", str(args.trials), "--epochs", str(args.epochs),
+            "--train-size", str(args.train_size), "--seed", "0"])
+        worker_args.study, worker_args.space = "stage1_layers", None
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        code = run_worker(worker_args, "cpu")
+        if profiler:
+            profiler.disable()
+        total = time.perf_counter() - started
+        storage = optuna.storages.RDBStorage(url)
+        try:
+            trials = optuna.load_study(study_name="stage1_layers",
+                                       storage=storage).get_trials(deepcopy=False)
+        finally:
+            storage.engine.dispose()
+
+    rows, within, between = [], defaultdict(float), defaultdict(float)
+    trials = sorted((t for t in trials if t.datetime_complete), key=lambda t: t.datetime_start)
+    for i, t in enumerate(trials):
+        ds, dc = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
+        wall = dc - ds
+        history = t.user_attrs.get("history", [])
+        training = sum(h["seconds"] for h in history)
+        parts = _breakdown(timers.events, ds, dc)
+        fit_rest = parts.pop("fit (training + rest)", 0.0) - training
+        parts["fit.rest (loop, .item() syncs, not in epoch seconds)"] = fit_rest
+        for k, v in parts.items():
+            within[k] += v
+        gap = None
+        if i + 1 < len(trials):
+            nxt = trials[i + 1].datetime_start.timestamp()
+            gap = nxt - dc
+            for k, v in _breakdown(timers.events, dc, nxt).items():
+                between[k] += v
+        top = sorted(parts.items(), key=lambda kv: -kv[1])[:4]
+        row = {"part": "b", "trial": t.number, "state": t.state.name, "epochs": len(history),
+               "conv_layers": t.params.get("conv_layers"), "batch_size": t.params.get("batch_size"),
+               "wall_s": round(wall, 3), "training_s": round(training, 3),
+               "non_training_s": round(wall - training, 3),
+               "share": round(1 - training / wall, 4) if wall else None,
+               "gap_to_next_trial_s": None if gap is None else round(gap, 3),
+               "top_non_training_ms": {k: round(v * 1000, 1) for k, v in top}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    shares = [r["share"] for r in rows if r["share"] is not None]
+    walls = sum(r["wall_s"] for r in rows)
+    trainings = sum(r["training_s"] for r in rows)
+    gaps = sum(r["gap_to_next_trial_s"] or 0.0 for r in rows)
+    n = max(1, len(rows))
+    accounted = sum(within.values())
+    summary = {
+        "part": "b", "summary": True, "exit_code": code, "trials": len(rows),
+        "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
+        "worker_total_s": round(total, 1),
+        "share_mean": round(statistics.mean(shares), 4) if shares else None,
+        "share_median": round(statistics.median(shares), 4) if shares else None,
+        "share_max": round(max(shares), 4) if shares else None,
+        "share_pooled": round(1 - trainings / walls, 4) if walls else None,
+        # Including what the worker does between one trial's end and the next one's start.
+        "share_pooled_with_gaps": round(1 - trainings / (walls + gaps), 4) if walls else None,
+        "target": "< 0.02", "target_met": bool(shares) and max(shares) < 0.02,
+        "within_trial_ms_per_trial": {k: round(v * 1000 / n, 1) for k, v in
+                                      sorted(within.items(), key=lambda kv: -kv[1]) if v > 0.0005},
+        "within_trial_unaccounted_ms_per_trial": round(
+            ((walls - trainings) - accounted) * 1000 / n, 1),
+        "between_trials_ms_per_gap": {k: round(v * 1000 / max(1, n - 1), 1) for k, v in
+                                      sorted(between.items(), key=lambda kv: -kv[1]) if v > 0.0005},
+        "mean_gap_ms": round(gaps * 1000 / max(1, n - 1), 1),
+    }
+    print(json.dumps(summary), flush=True)
+    if profiler:
+        stats = pstats.Stats(profiler).sort_stats("cumulative")
+        names = [(f"{Path(f).name}:{line}({fn})", round(st[3], 3))
+                 for (f, line, fn), st in stats.stats.items()]
+        names.sort(key=lambda kv: -kv[1])
+        print(json.dumps({"part": "b", "profile_top_cumulative_s": names[:args.profile]}),
+              flush=True)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--part", choices=("a", "b", "both"), default="both")
+    parser.add_argument("--pg", default=DEFAULT_PG,
+                        help="PostgreSQL server URL; scratch databases are created and dropped on "
+                             "it (default: $HPO_TEST_DATABASE_URL or postgres@127.0.0.1:5432)")
+    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 2, 4, 8], help="a: process counts (default 1,2,4,8)")
+    parser.add_argument("--seconds", type=float, default=12,
+                        help="a: wall time each process optimizes (default 12)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="a: rounds of (ours, plain) per process count (default 2)")
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=["ours", "plain"],
+                        help="a: comma-separated, from plain and " + ", ".join(ABLATIONS)
+                             + " (default ours,plain)")
+    parser.add_argument("--heartbeat", type=int, default=10,
+                        help="a: ours' --heartbeat (default 10, hpo-worker's default)")
+    parser.add_argument("--trials", type=int, default=8, help="b: trials (default 8)")
+    parser.add_argument("--epochs", type=int, default=2, help="b: epochs per trial (default 2)")
+    parser.add_argument("--train-size", type=int, default=2000,
+                        help="b: training images (default 2000)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="b: also cProfile the worker and print the N top cumulative entries")
+    args = parser.parse_args()
+    unknown = set(args.variants) - {"plain", *ABLATIONS}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; valid: plain, {', '.join(ABLATIONS)}")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("hpo").setLevel(logging.ERROR)  # "builds on no stage; using defaults"
+    _quiet()
+    if args.part in ("a", "both"):
+        part_a(args)
+    if args.part in ("b", "both"):
+        part_b(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The stage note optuna-dashboard shows: written once when a study is set up, through the
+dashboard's note API, saying what the stage searches, what it froze (from where) and what the
+course reports chose."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+from optuna.trial import TrialState, create_trial
+from optuna_dashboard import get_note
+
+from hpo.notes import REPORTS_CHOSE, searched_keys, stage_note
+from hpo.storage import open_storage
+from hpo.study import open_study
+from search_spaces import DEFAULTS, all_stages, get_stage
+
+
+def _open(url: str, name: str, space: str | None = None) -> optuna.Study:
+    return open_study(open_storage(url), name, space, {})[0]
+
+
+def test_note_stage1_says_grid_defaults_and_reports_choice(sqlite_url):
+    note = get_note(_open(sqlite_url, "stage1_layers"))
+    assert "## Stage `stage1_layers`" in note
+    assert get_stage("stage1_layers").description in note
+    assert "- `lr`: 0.1, 0.01, 0.001" in note and "- `batch_size`: 16, 32, 64, 128" in note
+    assert "documented defaults" in note and "stage1_layers builds on no stage" in note
+    assert "**The course reports chose:** 3 conv + 2 FC, lr 0.01, batch 32" in note
+    # Knobs the stage searches are not listed as frozen; the others are.
+    assert "| `kernel_size` | 3 |" in note and "| `lr` |" not in note
+
+
+def test_note_names_the_predecessor_trial_it_froze_from(sqlite_url):
+    stage1 = _open(sqlite_url, "stage1_layers")
+    config = {**DEFAULTS, "filters": [64, 128, 512], "lr": 0.02}
+    stage1.add_trial(create_trial(state=TrialState.COMPLETE, value=0.61,
+                                  user_attrs={"config": config}))
+    note = get_note(_open(sqlite_url, "stage2_fc"))
+    assert "the best trial of study `stage1_layers`: trial 0, validation accuracy 0.6100" in note
+    assert "| `filters` | 64-128-512 |" in note and "| `lr` | 0.02 |" in note
+    assert "- `fc_layers`: 1, 2, 3" in note
+    assert "**The course reports chose:** 2 FC layers." in note
+
+
+def test_note_of_a_user_stage_has_no_reports_line(sqlite_url, tiny_stage_env):
+    note = get_note(_open(sqlite_url, "mine", space="tiny"))
+    assert "## Stage `tiny`" in note and "one conv layer; for tests" in note
+    assert "reports chose" not in note
+
+
+def test_note_written_once_per_study(sqlite_url):
+    study = _open(sqlite_url, "stage6_batchnorm")
+    _open(sqlite_url, "stage6_batchnorm")  # a second worker joins
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert attrs["dashboard:note_ver"] == 1
+
+
+def test_note_survives_a_stage_whose_grid_fails():
+    stage = dataclasses.replace(get_stage("stage6_batchnorm"), name="broken",
+                                grid=lambda frozen: 1 / 0)
+    note = stage_note(stage, {"defaults": True, "reason": "test"}, dict(DEFAULTS))
+    assert "## Stage `broken`" in note and "Grid" not in note
+
+
+def test_searched_keys_of_every_stage_are_config_keys():
+    for name, stage in all_stages().items():
+        keys = searched_keys(stage, dict(DEFAULTS))
+        assert keys and keys <= set(DEFAULTS), name
+    assert set(REPORTS_CHOSE) <= set(all_stages())
