@@ -10,15 +10,9 @@ a single parameter) is replaced by a note on the page; a report is never refused
 
 from __future__ import annotations
 
-import base64
 import collections
-import dataclasses
-import datetime
-import html
-import json
 import logging
 import math
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,29 +20,11 @@ from typing import Any
 
 from hpo import plots
 from hpo.errors import HpoError
+from hpo.report_html import Figure, StudyReport, render, slug
 
 logger = logging.getLogger(__name__)
 
 TOP_CURVES = 5
-MAX_PARETO_ROWS = 10
-
-
-@dataclasses.dataclass
-class _Figure:
-    title: str
-    path: Path | None
-    note: str = ""
-
-
-@dataclasses.dataclass
-class _StudyReport:
-    name: str
-    attrs: dict[str, Any]
-    directions: list[str]
-    counts: dict[str, int]
-    best: list[Any]  # FrozenTrials: the best one, or the Pareto set of a multi-objective study
-    best_accuracy: float | None
-    figures: list[_Figure]
 
 
 def write_report(storage: Any, study_names: Sequence[str], out_dir: str | Path) -> list[Path]:
@@ -78,17 +54,17 @@ def write_report(storage: Any, study_names: Sequence[str], out_dir: str | Path) 
         warnings.simplefilter("ignore", UserWarning)
         for name in study_names:
             study = optuna.load_study(study_name=name, storage=storage)
-            reports.append(_report_study(study, out_dir / _slug(name)))
+            reports.append(_report_study(study, out_dir / slug(name)))
     chain = _chain(reports)
     chain_figure = _figure("Stage chain", out_dir / "chain.png",
                            lambda path: _chain_plot(chain, path)) if chain else None
     index = out_dir / "index.html"
-    index.write_text(_html(reports, chain, chain_figure), encoding="utf-8")
+    index.write_text(render(reports, chain, chain_figure), encoding="utf-8")
     figures = [f for r in reports for f in r.figures] + ([chain_figure] if chain_figure else [])
     return [f.path for f in figures if f.path is not None] + [index]
 
 
-def _report_study(study: Any, folder: Path) -> _StudyReport:
+def _report_study(study: Any, folder: Path) -> StudyReport:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -117,7 +93,7 @@ def _report_study(study: Any, folder: Path) -> _StudyReport:
     if multi:
         figures.append(_figure("Pareto front", folder / "pareto.png",
                                lambda path: _pareto(study, complete, names, path)))
-    return _StudyReport(
+    return StudyReport(
         name=study.study_name,
         attrs=dict(study.user_attrs),
         directions=[d.name.lower() for d in study.directions],
@@ -128,14 +104,14 @@ def _report_study(study: Any, folder: Path) -> _StudyReport:
     )
 
 
-def _figure(title: str, path: Path, draw: Callable[[Path], str | None]) -> _Figure:
+def _figure(title: str, path: Path, draw: Callable[[Path], str | None]) -> Figure:
     """Run ``draw(path)``: it writes the PNG and returns None, or returns why it drew nothing."""
     try:
         note = draw(path)
     except Exception as exc:  # one bad figure must not cost the rest of the report
         logger.warning("report: could not draw %s", path, exc_info=True)
-        return _Figure(title, None, f"not drawn: {type(exc).__name__}: {exc}")
-    return _Figure(title, None, note) if note else _Figure(title, path)
+        return Figure(title, None, f"not drawn: {type(exc).__name__}: {exc}")
+    return Figure(title, None, note) if note else Figure(title, path)
 
 
 # --- what a trial says about itself -----------------------------------------------------------
@@ -289,17 +265,17 @@ def _pareto(study: Any, complete: list, names: list[str], path: Path) -> str | N
 # --- the stage chain --------------------------------------------------------------------------
 
 
-def _frozen_value(report: _StudyReport) -> float | None:
+def _frozen_value(report: StudyReport) -> float | None:
     frozen = report.attrs.get("frozen_from")
     value = frozen.get("value") if isinstance(frozen, dict) else None
     return float(value) if _finite(value) else None
 
 
-def _chain_plot(chain: list[_StudyReport], path: Path) -> None:
+def _chain_plot(chain: list[StudyReport], path: Path) -> None:
     plots.plot_chain([(r.name, _frozen_value(r), r.best_accuracy) for r in chain], path)
 
 
-def _chain(reports: list[_StudyReport]) -> list[_StudyReport]:
+def _chain(reports: list[StudyReport]) -> list[StudyReport]:
     """Studies linked by ``frozen_from.study`` or ``builds_on`` (study or stage name), roots first.
 
     Empty when no two of the given studies are linked.
@@ -340,90 +316,3 @@ def _chain(reports: list[_StudyReport]) -> list[_StudyReport]:
 
 
 # --- HTML -------------------------------------------------------------------------------------
-
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;
-text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}
-figure{display:inline-block;margin:.5em;vertical-align:top;max-width:520px}.note{color:#777}
-code{font-size:90%}"""
-
-
-def _html(reports: list[_StudyReport], chain: list[_StudyReport], chain_figure: _Figure | None
-          ) -> str:
-    now = datetime.datetime.now().isoformat(timespec="seconds")
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>HPO report</title>"
-             f"<style>{_CSS}</style></head><body><h1>HPO report</h1><p>Written {now}.</p>"]
-    rows = [[f"<a href='#{_slug(r.name)}'>{_e(r.name)}</a>", _e(r.attrs.get("stage", "")),
-             *(str(r.counts.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL")),
-             _e(_fmt(r.best_accuracy))] for r in reports]
-    parts.append(_table(["study", "stage", "complete", "pruned", "failed", "best accuracy"], rows))
-    if chain:
-        parts.append("<h2 id='chain'>Stage chain</h2><p>"
-                     + " &rarr; ".join(_e(r.name) for r in chain) + "</p>")
-        if chain_figure:
-            parts.append(_figure_html(chain_figure))
-    for r in reports:
-        parts.append(_study_html(r))
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _study_html(r: _StudyReport) -> str:
-    frozen = r.attrs.get("frozen_from")
-    summary = [
-        ["directions", _e(", ".join(r.directions))],
-        ["trials by state", _e(", ".join(f"{k.lower()} {v}" for k, v in sorted(r.counts.items()))
-                               or "no trials")],
-        ["stage", _e(r.attrs.get("stage", "-"))],
-        ["builds on", _e(r.attrs.get("builds_on") or "-")],
-        ["frozen from", f"<code>{_e(json.dumps(frozen))}</code>" if frozen else "-"],
-    ]
-    if len(r.directions) == 1:
-        summary.append(["best value", _e(_fmt(r.best[0].value) if r.best else "none yet")])
-        if r.best:
-            summary.append(["best trial", f"#{r.best[0].number}"])
-            summary.append(["best params", _params_html(r.best[0].params)])
-    out = [f"<h2 id='{_slug(r.name)}'>{_e(r.name)}</h2>", _table(["", ""], summary)]
-    if len(r.directions) > 1:
-        out.append(f"<h3>Pareto-optimal trials ({len(r.best)})</h3>")
-        rows = [[f"#{t.number}", _e(", ".join(_fmt(v) for v in t.values)), _params_html(t.params)]
-                for t in r.best[:MAX_PARETO_ROWS]]
-        out.append(_table(["trial", "values", "params"], rows) if rows
-                   else "<p class='note'>none yet</p>")
-    out.extend(_figure_html(f) for f in r.figures)
-    return "\n".join(out)
-
-
-def _figure_html(figure: _Figure) -> str:
-    if figure.path is None:
-        return (f"<figure><figcaption>{_e(figure.title)}</figcaption>"
-                f"<p class='note'>{_e(figure.note)}</p></figure>")
-    data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
-    return (f"<figure><figcaption>{_e(figure.title)}</figcaption>"
-            f"<img alt='{_e(figure.title)}' src='data:image/png;base64,{data}'></figure>")
-
-
-def _params_html(params: dict) -> str:
-    return "<br>".join(f"<code>{_e(k)} = {_e(_fmt(v))}</code>" for k, v in params.items()) or "-"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
