@@ -45,19 +45,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HPO_CACHE_DIR") or Path.home() / ".cache" / "hpo")
 
 
-def load_images(name: str) -> ImageSet:
-    """Decode the named dataset, or read it from the on-disk cache when its source is unchanged."""
-    if name == "cifar10-sample":
-        return _cached(name, SAMPLE_ARCHIVE)
+def check_dataset_name(name: str) -> None:
+    """Fail early, before anything is created, on a name load_images would refuse."""
+    if name in ("cifar10-sample", "cifar10", "cifar100"):
+        return
     if name.startswith("imagefolder:"):
         path = Path(name[len("imagefolder:"):]).expanduser()
         if not path.exists():
             raise HpoError(f"dataset {name!r}: {str(path)!r} does not exist; pass a folder or "
                            ".tar/.tar.gz archive holding train/ and test/ class folders")
-        return _cached(name, path.resolve())
-    if name in ("cifar10", "cifar100"):
-        return _torchvision(name)
+        return
     raise HpoError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+
+
+def load_images(name: str) -> ImageSet:
+    """Decode the named dataset, or read it from the on-disk cache when its source is unchanged."""
+    check_dataset_name(name)
+    if name == "cifar10-sample":
+        return _cached(name, SAMPLE_ARCHIVE)
+    if name.startswith("imagefolder:"):
+        return _cached(name, Path(name[len("imagefolder:"):]).expanduser().resolve())
+    return _torchvision(name)
 
 
 def _fingerprint(path: Path) -> str:

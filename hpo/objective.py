@@ -48,6 +48,7 @@ class Objective:
         self.data, self.store, self.objectives = data, artifact_store, objectives
         self.stop, self.bf16, self.checkpoint_every = stop, bf16, checkpoint_every
         self.on_epoch = on_epoch  # progress display: (trial, metrics) -> None
+        self.current_trial_id: int | None = None
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = trial._trial_id

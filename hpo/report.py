@@ -149,17 +149,10 @@ def _finite(value: Any) -> bool:
 
 
 def _objective_names(study: Any, complete: list) -> list[str]:
-    """Study metric names if set, else 'accuracy' and a guess from the user attrs of a trial."""
+    """Study metric names (hpo sets them when it creates a study), else generic ones."""
     if study.metric_names:
         return list(study.metric_names)
-    names = ["accuracy"] + [f"objective {i}" for i in range(1, len(study.directions))]
-    if len(names) == 2 and complete:
-        value, attrs = complete[0].values[1], complete[0].user_attrs
-        if attrs.get("params") == value:
-            names[1] = "parameters"
-        elif _finite(attrs.get("seconds")) and math.isclose(attrs["seconds"], value, rel_tol=1e-6):
-            names[1] = "seconds"
-    return names
+    return ["accuracy"] + [f"objective {i}" for i in range(1, len(study.directions))]
 
 
 # --- figures ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from hpo.config import config_from_document, load_json
+from hpo.data import check_dataset_name
 from hpo.errors import HpoError
 from hpo.notes import write_stage_note
 from search_spaces import DEFAULTS, Stage, get_stage
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("accuracy", "accuracy,time", "accuracy,params")
+METRIC_NAMES = {"accuracy": ["accuracy"], "accuracy,time": ["accuracy", "seconds"],
+                "accuracy,params": ["accuracy", "parameters"]}
 
 
 @dataclasses.dataclass
@@ -108,10 +111,12 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     if stored.get("stage") and space and space != stored["stage"]:
         raise HpoError(f"study {study_name!r} searches stage {stored['stage']!r}, not {space!r}")
     stage = get_stage(stage_name)
-    # Check what can be checked before create_study: a failing command must not leave an empty study.
+    # Checked before create_study, so that a failing command leaves no empty study behind.
     for kind, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if flags.get(kind) is not None:
             check_choice(kind, flags[kind], valid)
+    if flags.get("dataset") is not None:
+        check_dataset_name(flags["dataset"])
     if from_file and "frozen_config" not in stored:
         config_from_document(load_json(from_file), from_file)
     if study_name in existing and "objectives" in stored:
@@ -135,6 +140,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         study.set_user_attr("description", stage.description)
         study.set_user_attr("objectives", objectives)
         study.set_user_attr("stage", stage.name)
+        study.set_metric_names(METRIC_NAMES[objectives])  # axis labels in the dashboard
         write_stage_note(study, stage, origin, frozen)
         if origin.get("defaults"):
             # Expected for a first stage; worth a warning when a predecessor was meant to exist.

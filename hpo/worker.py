@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 
 import optuna
@@ -87,6 +88,10 @@ def budget_left(study: optuna.Study, n_trials: int) -> int:
     return max(n_trials - used, waiting)
 
 
+def _reaped(study: optuna.Study, trial_id: int | None) -> bool:
+    return trial_id is not None and study._storage.get_trial(trial_id).state == TrialState.FAIL
+
+
 def run_worker(args: argparse.Namespace, device_name: str) -> int:
     """One worker process: join the study, then run trials until the budget or a signal."""
     from hpo import data as data_module
@@ -146,13 +151,29 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
              settings.pruner, n_trials, settings.epochs, settings.dataset)
     reaper = StaleTrialReaper(study, max(1, args.heartbeat))
     reaper.start()
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     try:
-        study.optimize(objective, timeout=args.timeout, callbacks=[keep_going],
-                       catch=(TrialFailed,), gc_after_trial=False)
-    except WorkerStopping as e:
-        failed = study._storage.get_trial(objective.current_trial_id)
-        RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, failed)
-        log.warning("%s; queued again as a waiting trial", e)
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                study.optimize(objective, timeout=timeout, callbacks=[keep_going],
+                               catch=(TrialFailed,), gc_after_trial=False)
+                break
+            except WorkerStopping as e:
+                failed = study._storage.get_trial(objective.current_trial_id)
+                RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, failed)
+                log.warning("%s; queued again as a waiting trial", e)
+                break
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                # Our trial was failed under us: a stale-trial check elsewhere judged this worker
+                # dead (heartbeats late under heavy load). Its retry re-runs it; we go on.
+                if not _reaped(study, objective.current_trial_id):
+                    raise
+                log.warning("trial %d was failed by a stale-trial check (heartbeat late); it "
+                            "is queued again; continuing", study._storage.get_trial(
+                                objective.current_trial_id).number)
+                if stop.is_set() or budget_left(study, n_trials) <= 0:
+                    break
     finally:
         reaper.halt.set()
         progress.close()

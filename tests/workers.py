@@ -20,7 +20,7 @@ def worker_env(**extra: str) -> dict[str, str]:
 def start_worker(storage: str, study: str, *args: str, artifacts: str, log_path=None,
                  **env: str) -> subprocess.Popen:
     command = [str(BIN / "hpo-worker"), "--study", study, "--space", "tiny", "--storage", storage,
-               "--artifacts", artifacts, "--devices", "cpu", "--heartbeat", "1", "--grace", "3",
+               "--artifacts", artifacts, "--devices", "cpu", "--heartbeat", "1", "--grace", "6",
                *args]
     out = open(log_path, "w") if log_path else subprocess.DEVNULL
     return subprocess.Popen(command, env=worker_env(**env), stdout=out, stderr=subprocess.STDOUT,
