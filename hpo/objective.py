@@ -35,6 +35,10 @@ class TrialFailed(Exception):
     """The trial could not run (e.g. out of memory); recorded as FAIL, the worker goes on."""
 
 
+class OverBudget(TrialFailed):
+    """Created in a race after the budget was filled: recorded as FAIL, no training done."""
+
+
 class WorkerStopping(Exception):
     """SIGTERM/SIGINT arrived mid-trial: the trial fails here and is queued again elsewhere."""
 
@@ -43,15 +47,27 @@ class Objective:
     def __init__(self, stage: Stage, frozen: dict[str, Any], epochs: int, seed: int,
                  data: DeviceData, artifact_store, objectives: str = "accuracy",
                  stop: threading.Event | None = None, bf16: bool = False,
-                 checkpoint_every: int = 1, on_epoch=None):
+                 checkpoint_every: int = 1, on_epoch=None, n_trials: int | None = None):
         self.stage, self.frozen, self.epochs, self.seed = stage, frozen, epochs, seed
         self.data, self.store, self.objectives = data, artifact_store, objectives
         self.stop, self.bf16, self.checkpoint_every = stop, bf16, checkpoint_every
         self.on_epoch = on_epoch  # progress display: (trial, metrics) -> None
         self.current_trial_id: int | None = None
+        self.n_trials = n_trials  # the study-wide budget, or None for no check
+
+    def _started_before(self, trial: optuna.Trial) -> int:
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                  optuna.trial.TrialState.RUNNING)
+        return sum(t.number < trial.number
+                   for t in trial.study.get_trials(deepcopy=False, states=states))
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = trial._trial_id
+        if self.n_trials is not None and self._started_before(trial) >= self.n_trials:
+            # Workers that checked the budget at the same moment both created a trial; the later
+            # one by number gives way, so the study-wide budget holds exactly.
+            trial.set_user_attr("end_reason", f"over budget: {self.n_trials} trials already started")
+            raise OverBudget(f"trial {trial.number} is over the study's budget of {self.n_trials}")
         trial.set_user_attr("device", str(self.data.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -101,7 +117,7 @@ class Objective:
         accuracy = result.best_val_acc
         self._publish_if_best(trial, accuracy, result.model, config)
         if self.objectives == "accuracy,time":
-            return accuracy, result.seconds
+            return accuracy, sum(h.seconds for h in result.history)  # = user_attrs["seconds"]
         if self.objectives == "accuracy,params":
             return accuracy, float(result.params)
         return accuracy

@@ -8,6 +8,7 @@ optuna-dashboard can share it; PostgreSQL is the shared, many-machine database.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -189,7 +190,12 @@ def _schema_lock(url: str, parsed: sqlalchemy.engine.URL):
     """Serialise Optuna's table creation: workers starting together on a fresh PostgreSQL
     database otherwise race in CREATE TABLE and one of them fails."""
     if parsed.drivername == "sqlite":
-        yield
+        if parsed.database in (None, "", ":memory:"):
+            yield
+            return
+        with open(f"{parsed.database}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                       connect_args=engine_kwargs(parsed)["connect_args"])

@@ -139,7 +139,7 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
     objective = Objective(stage, frozen, settings.epochs, settings.seed, data, store,
                           settings.objectives, stop, args.bf16, args.checkpoint_every,
-                          on_epoch=progress.epoch)
+                          on_epoch=progress.epoch, n_trials=n_trials)
 
     def keep_going(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         progress.trial_done(trial)

@@ -1,4 +1,4 @@
-"""``hpo export`` -> ``hpo train`` round trip, ``--top``/``--trial``, export errors, ``hpo status``."""
+"""``hpo export`` -> ``hpo train`` round trip, ``--top``/``--trial``, export errors, status."""
 
 from __future__ import annotations
 

@@ -135,7 +135,9 @@ def test_objective_multi_objective_returns_accuracy_and_time(small_data, store):
     study.optimize(_objective(small_data, store, epochs=1, objectives="accuracy,time"), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
-    assert trial.values == [trial.user_attrs["history"][0]["val_acc"], trial.user_attrs["seconds"]]
+    accuracy, seconds = trial.values
+    assert accuracy == trial.user_attrs["history"][0]["val_acc"]
+    assert seconds == pytest.approx(trial.user_attrs["seconds"], rel=0.01)
 
 
 def test_objective_multi_objective_cannot_prune_so_records_failure(small_data, store):

@@ -25,9 +25,12 @@ def test_four_workers_share_one_study_within_budget(pg_url, tmp_path):
     numbers = [t.number for t in ts]
     assert len(numbers) == len(set(numbers)) == max(numbers) + 1  # unique and gap-free
     finished = [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    # The budget counts running trials, so overshoot is bounded by the trials in flight.
-    assert 10 <= len(finished) <= 10 + 3
-    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert len(finished) == 10  # exactly the budget, across four processes
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    # A trial created in a race after the budget filled gives way without training.
+    for t in ts:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs["end_reason"].startswith("over budget"), t.user_attrs
     pids = {t.user_attrs["pid"] for t in finished}
     assert len(pids) >= 2, "the trials were not shared between workers"
 
