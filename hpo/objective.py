@@ -54,6 +54,7 @@ class Objective:
         self.on_epoch = on_epoch  # progress display: (trial, metrics) -> None
         self.current_trial_id: int | None = None
         self.n_trials = n_trials  # the study-wide budget, or None for no check
+        self.over_budget: set[int] = set()  # trial numbers that gave way to the budget
 
     def _started_before(self, trial: optuna.Trial) -> int:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -63,9 +64,12 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = trial._trial_id
-        if self.n_trials is not None and self._started_before(trial) >= self.n_trials:
+        # Only trial numbers past the budget can be over it: most trials skip the extra read.
+        if (self.n_trials is not None and trial.number >= self.n_trials
+                and self._started_before(trial) >= self.n_trials):
             # Workers that checked the budget at the same moment both created a trial; the later
             # one by number gives way, so the study-wide budget holds exactly.
+            self.over_budget.add(trial.number)
             trial.set_user_attr("end_reason", f"over budget: {self.n_trials} trials already started")
             raise OverBudget(f"trial {trial.number} is over the study's budget of {self.n_trials}")
         trial.set_user_attr("device", str(self.data.device))

@@ -55,10 +55,11 @@ class Progress:
         else:
             log.info(text)
 
-    def trial_done(self, trial: optuna.trial.FrozenTrial) -> None:
+    def trial_done(self, trial: optuna.trial.FrozenTrial, finished: int | None = None) -> None:
+        """``finished``: trials complete or pruned so far, when the caller has just counted."""
         self.trial_seconds.append(time.monotonic() - self.trial_started)
         self.trial_started = time.monotonic()
-        self.finished = self._count_finished()
+        self.finished = self._count_finished() if finished is None else finished
         if trial.state == TrialState.COMPLETE and trial.values:
             value = trial.values[0]
             self.best = value if self.best is None else max(self.best, value)

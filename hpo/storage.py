@@ -63,9 +63,10 @@ def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     if url.drivername == "sqlite":
         return {"connect_args": {"timeout": 60}}
     # A worker process uses at most three connections at once (its trial loop, the heartbeat
-    # thread, the stale-trial reaper); the pool keeps them, pre-ping replaces dead ones.
+    # thread, the stale-trial reaper). No pre-ping (a round trip per session): a dead pooled
+    # connection fails its first statement as "invalidated", and _retrying tries again on a new one.
     return {
-        "pool_size": 3, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800,
+        "pool_size": 3, "max_overflow": 2, "pool_recycle": 1800,
         "connect_args": {"connect_timeout": 5, "application_name": "hpo"},
     }
 

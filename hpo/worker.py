@@ -81,11 +81,37 @@ class StaleTrialReaper(threading.Thread):
                 log.warning("stale-trial check failed: %s", e)
 
 
-def budget_left(study: optuna.Study, n_trials: int) -> int:
-    trials = study.get_trials(deepcopy=False, states=BUDGET_STATES + (TrialState.WAITING,))
-    used = sum(t.state in BUDGET_STATES for t in trials)
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
-    return max(n_trials - used, waiting)
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
+def budget_left(counts: dict[TrialState, int], n_trials: int) -> int:
+    """Trials still to start: the budget minus those used, but never fewer than those waiting."""
+    used = sum(counts[state] for state in BUDGET_STATES)
+    return max(n_trials - used, counts[TrialState.WAITING])
+
+
+class _QuietOverBudget(logging.Filter):
+    """Drop Optuna's failure warnings for trials that gave way to the budget: bookkeeping, not
+    errors (the progress line says "over budget")."""
+
+    def __init__(self, numbers: set[int]):
+        super().__init__()
+        self.numbers = numbers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed") for n in self.numbers)
+
+
+def _warm_up() -> None:
+    """Pay one-time import costs now, not inside the first trial's wall time: torch.optim loads
+    torch._dynamo on first use (about 3 s), the learning-curve plot loads matplotlib."""
+    import torch._dynamo  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
 
 
 def _reaped(study: optuna.Study, trial_id: int | None) -> bool:
@@ -119,12 +145,13 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
                               sampler=make_sampler(settings, stage, frozen, sampler_seed),
                               pruner=make_pruner(settings))
     optuna.storages.fail_stale_trials(study)  # pick up what dead workers left behind
-    if budget_left(study, n_trials) <= 0:
+    if budget_left(count_states(study), n_trials) <= 0:
         print(f"study {args.study!r}: budget of {n_trials} trials already used; nothing to do")
         return 0
 
     data = data_module.load(settings.dataset, device, settings.val_fraction, settings.split_seed,
                             settings.train_size)
+    _warm_up()
     store = open_artifact_store(args.artifacts, url)
     stop = threading.Event()
     progress = Progress(study, n_trials, settings.epochs)
@@ -140,10 +167,12 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     objective = Objective(stage, frozen, settings.epochs, settings.seed, data, store,
                           settings.objectives, stop, args.bf16, args.checkpoint_every,
                           on_epoch=progress.epoch, n_trials=n_trials)
+    logging.getLogger("optuna.study._optimize").addFilter(_QuietOverBudget(objective.over_budget))
 
     def keep_going(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        progress.trial_done(trial)
-        if stop.is_set() or budget_left(study, n_trials) <= 0:
+        counts = count_states(study)  # one read serves the budget and the progress line
+        progress.trial_done(trial, counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
+        if stop.is_set() or budget_left(counts, n_trials) <= 0:
             study.stop()
 
     log.info("worker on %s joins study %r (stage %s, %s sampler, %s pruner, budget %d trials, "
@@ -172,7 +201,7 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
                 log.warning("trial %d was failed by a stale-trial check (heartbeat late); it "
                             "is queued again; continuing", study._storage.get_trial(
                                 objective.current_trial_id).number)
-                if stop.is_set() or budget_left(study, n_trials) <= 0:
+                if stop.is_set() or budget_left(count_states(study), n_trials) <= 0:
                     break
     finally:
         reaper.halt.set()

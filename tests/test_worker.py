@@ -192,8 +192,11 @@ def test_worker_budget_holds_with_two_workers_started_together(sqlite_url, tmp_p
               for t in trials]
     finished = [t for t in trials if t.state in FINISHED]
     assert len(finished) == n, f"budget {n}, finished {len(finished)}: {detail}"
-    assert len(trials) == n, detail
-    assert sorted(t.number for t in trials) == list(range(n))
+    # A trial created in the race after the budget filled gives way without training.
+    extra = [t for t in trials if t not in finished]
+    assert all(t.state == TrialState.FAIL and "over budget" in t.user_attrs["end_reason"]
+               and "history" not in t.user_attrs for t in extra), detail
+    assert len(extra) <= 1, detail
 
 
 @pytest.mark.slow
