@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from typing import Any
 
 import optuna
@@ -140,7 +141,9 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         study.set_user_attr("description", stage.description)
         study.set_user_attr("objectives", objectives)
         study.set_user_attr("stage", stage.name)
-        study.set_metric_names(METRIC_NAMES[objectives])  # axis labels in the dashboard
+        with warnings.catch_warnings():  # experimental in Optuna, stable enough for labels
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES[objectives])  # axis labels in the dashboard
         write_stage_note(study, stage, origin, frozen)
         if origin.get("defaults"):
             # Expected for a first stage; worth a warning when a predecessor was meant to exist.
