@@ -17,7 +17,7 @@ A trial whose loss becomes NaN ends as pruned ("diverged") in every run alike; t
 it diverged is not in its history, so it is not counted.
 
 The defaults are CPU-sized (a training subset, a smaller validation split, few epochs, one torch
-thread): about 10 minutes on 2 free cores. On a GPU, e.g.:
+thread): about 8 minutes on 2 quiet cores, 14 on busy ones. On a GPU, e.g.:
 
     .venv/bin/python benchmarks/pruning.py --device cuda --train-size 45000 --val-fraction 0.1 \\
         --epochs 15 --n-trials 30 --threads 0

@@ -21,7 +21,8 @@ Printed: one JSON line per arm and a summary line. Targets: equal epoch budgets 
 joint and grid; every exported winner re-trains to its exported validation accuracy (within
 0.005); the whole run within --max-minutes. Which arm wins is reported, not targeted.
 
-The defaults are CPU-sized (~15 minutes on 2 free cores). At full size on a GPU, e.g.:
+The defaults are CPU-sized: about 10 minutes of CPU time, 15 minutes wall on 2 busy cores.
+At full size on a GPU, e.g.:
 
     .venv/bin/python benchmarks/staged_vs_joint.py --device cuda --train-size 45000 \\
         --val-fraction 0.1 --epochs 15 --trials-per-stage 20 --threads 0 --max-minutes 600

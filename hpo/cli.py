@@ -64,7 +64,8 @@ def cmd_create_study(args: argparse.Namespace) -> int:
             return 0
         raise HpoError(f"study {args.study!r} already exists; pass --skip-if-exists to accept that")
     flags = {"dataset": args.dataset, "epochs": args.epochs, "train_size": args.train_size,
-             "seed": args.seed, "n_trials": args.n_trials, "sampler": args.sampler,
+             "val_fraction": args.val_fraction, "seed": args.seed, "n_trials": args.n_trials,
+             "sampler": args.sampler,
              "pruner": args.pruner, "objectives": args.objectives}
     study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
                                            args.from_file)
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
     c.add_argument("--epochs", type=int)
     c.add_argument("--train-size", type=int)
+    c.add_argument("--val-fraction", type=float,
+                   help="share of the training set held out for validation (default 0.1)")
     c.add_argument("--seed", type=int)
     c.add_argument("--after", help="study whose best trial to freeze from")
     c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")

@@ -70,6 +70,8 @@ def resolve_settings(stage: Stage, stored: dict[str, Any], flags: dict[str, Any]
                            f"got {value!r} (start a new study to change it)")
         base[key] = value
     settings = Settings(**base)
+    if not 0 < settings.val_fraction < 1:
+        raise HpoError(f"--val-fraction {settings.val_fraction} is invalid; allowed: 0 < f < 1")
     check_choice("sampler", settings.sampler, SAMPLERS)
     check_choice("pruner", settings.pruner, PRUNERS)
     check_choice("objectives", settings.objectives, OBJECTIVES)

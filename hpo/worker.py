@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the stage's)")
     p.add_argument("--train-size", type=int, help="train on a subset of this many images")
+    p.add_argument("--val-fraction", type=float,
+                   help="share of the training set held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, help="training seed; also seeds the sampler (+ slot index)")
     p.add_argument("--after", help="study whose best trial to freeze from (default: the stage "
                                    "this one builds on)")
@@ -132,7 +134,8 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
                            outage_timeout=args.outage_timeout)
     flags = {"dataset": args.dataset, "epochs": args.epochs, "train_size": args.train_size,
-             "seed": args.seed, "n_trials": args.n_trials, "sampler": args.sampler,
+             "val_fraction": args.val_fraction, "seed": args.seed, "n_trials": args.n_trials,
+             "sampler": args.sampler,
              "pruner": args.pruner, "objectives": args.objectives}
     study, stage, settings, frozen = open_study(storage, args.study, args.space, flags,
                                                 args.after, args.from_file)
