@@ -175,6 +175,18 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     def keep_going(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         counts = count_states(study)  # one read serves the budget and the progress line
         progress.trial_done(trial, counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
+        waiting_logged = False
+        while not stop.is_set() and budget_left(counts, n_trials) <= 0:
+            # The budget is spent or in flight elsewhere. Stay while other trials run: if their
+            # worker died, the reaper queues them again and this worker runs the retry.
+            if counts[TrialState.RUNNING] == 0:
+                break
+            if not waiting_logged:
+                log.info("budget in use: waiting for %d running trial(s) to finish or be "
+                         "recovered", counts[TrialState.RUNNING])
+                waiting_logged = True
+            stop.wait(max(1, args.heartbeat))
+            counts = count_states(study)
         if stop.is_set() or budget_left(counts, n_trials) <= 0:
             study.stop()
 
