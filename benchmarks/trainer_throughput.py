@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> None:
     n_batches = {name: -(-(args.images or default) // args.batch_size)
                  for name, (_, default) in archs.items()}
     train_size = (max(n_batches.values()) + args.warmup) * args.batch_size
-    images = load_images(args.dataset)
+    image_set = load_images(args.dataset)
     try:
-        data = DeviceData(images, device, train_size=train_size)
+        data = DeviceData(image_set, device, train_size=train_size)
     except HpoError as e:
         raise HpoError(f"--images, --warmup and --batch-size need {train_size} training images "
                        f"({e})") from None
