@@ -54,6 +54,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # search_spaces lives at the repo root
     sys.path.insert(0, str(REPO_ROOT))
 
+from _db import count_round_trips  # noqa: E402
+
 DEFAULT_PG = os.environ.get("HPO_TEST_DATABASE_URL",
                             "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 STUDY = "bench"
@@ -119,27 +121,6 @@ def _worker_args(url: str, artifacts: str, extra: list[str]):
          "--devices", "cpu", "--quiet", *extra])
 
 
-def _count_round_trips():
-    """Count this process's database round trips: statements, commits and pool pre-pings."""
-    import collections
-
-    import sqlalchemy
-    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
-
-    counts: collections.Counter = collections.Counter()
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute",
-                            lambda *args: counts.update(("statements",)))
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", lambda *args: counts.update(("commits",)))
-    original = PGDialect_psycopg2.do_ping
-
-    def do_ping(self, dbapi_connection):
-        counts.update(("pings",))
-        return original(self, dbapi_connection)
-
-    PGDialect_psycopg2.do_ping = do_ping
-    return counts
-
-
 # Ablations of ours, to attribute its cost: each removes one source of database round trips.
 ABLATIONS = {
     "ours": (),
@@ -158,7 +139,7 @@ def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifact
     import hpo.worker
     from hpo.worker import run_worker, setup_logging
 
-    counts = _count_round_trips()
+    counts = count_round_trips()
 
     class TrivialObjective(hpo.objective.Objective):
         """The real Objective's constructor and over-budget check; a trivial trial for training."""
@@ -201,7 +182,7 @@ def _plain_child(url: str, seconds: float, barrier, queue) -> None:
     import optuna
 
     _quiet()
-    counts = _count_round_trips()
+    counts = count_round_trips()
     study = optuna.load_study(study_name=STUDY, storage=url)
     barrier.wait(BARRIER_TIMEOUT)
     counts.clear()

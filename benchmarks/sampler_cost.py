@@ -39,6 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # search_spaces lives at the repo root
     sys.path.insert(0, str(REPO_ROOT))
 
+from _db import count_round_trips  # noqa: E402
+
 DEFAULT_PG = os.environ.get("HPO_TEST_DATABASE_URL",
                             "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 VARIANTS = ("ours", "plain", "ours-univariate")
@@ -176,27 +178,6 @@ def _time_sampler(sampler) -> list[float]:
 
         setattr(sampler, name, timed)
     return spent
-
-
-def count_round_trips():
-    """A counter of this process's database round trips: statements, commits, pool pre-pings."""
-    import collections
-
-    import sqlalchemy
-    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
-
-    counts: collections.Counter = collections.Counter()
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute",
-                            lambda *args: counts.update(("statements",)))
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", lambda *args: counts.update(("commits",)))
-    original = PGDialect_psycopg2.do_ping
-
-    def do_ping(self, dbapi_connection):
-        counts.update(("pings",))
-        return original(self, dbapi_connection)
-
-    PGDialect_psycopg2.do_ping = do_ping
-    return counts
 
 
 def ask_tell(study, rng: random.Random) -> None:
