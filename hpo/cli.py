@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_create_study(args: argparse.Namespace) -> int:
     from hpo.storage import open_storage
-    from hpo.study import open_study
+    from hpo.study import open_study, settings_flags
 
     storage = open_storage(args.storage)
     if args.study in {s.study_name for s in storage.get_all_studies()}:
@@ -63,10 +63,7 @@ def cmd_create_study(args: argparse.Namespace) -> int:
             print(f"study {args.study!r} already exists; skipped")
             return 0
         raise HpoError(f"study {args.study!r} already exists; pass --skip-if-exists to accept that")
-    flags = {"dataset": args.dataset, "epochs": args.epochs, "train_size": args.train_size,
-             "val_fraction": args.val_fraction, "seed": args.seed, "n_trials": args.n_trials,
-             "sampler": args.sampler,
-             "pruner": args.pruner, "objectives": args.objectives}
+    flags = settings_flags(args)
     study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
                                            args.from_file)
     print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "

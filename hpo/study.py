@@ -47,6 +47,13 @@ class Settings:
     objectives: str = "accuracy"
 
 
+def settings_flags(args) -> dict[str, Any]:
+    """The Settings fields a command line gave (None where it did not)."""
+    names = ("dataset", "epochs", "train_size", "val_fraction", "seed", "n_trials", "sampler",
+             "pruner", "objectives")
+    return {name: getattr(args, name) for name in names}
+
+
 def check_choice(kind: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise HpoError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")

@@ -126,17 +126,14 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     from hpo.objective import Objective, TrialFailed, WorkerStopping
     from hpo.progress import Progress
     from hpo.storage import open_artifact_store, open_storage, resolve_url
-    from hpo.study import grid_size, make_pruner, make_sampler, open_study
+    from hpo.study import grid_size, make_pruner, make_sampler, open_study, settings_flags
     from hpo.train import resolve_device
 
     device = resolve_device(device_name)
     url = resolve_url(args.storage)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
                            outage_timeout=args.outage_timeout)
-    flags = {"dataset": args.dataset, "epochs": args.epochs, "train_size": args.train_size,
-             "val_fraction": args.val_fraction, "seed": args.seed, "n_trials": args.n_trials,
-             "sampler": args.sampler,
-             "pruner": args.pruner, "objectives": args.objectives}
+    flags = settings_flags(args)
     study, stage, settings, frozen = open_study(storage, args.study, args.space, flags,
                                                 args.after, args.from_file)
     n_trials = settings.n_trials
