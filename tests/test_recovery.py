@@ -26,10 +26,10 @@ def _by_state(storage, study, state):
 
 def test_sigkilled_worker_trial_is_requeued_and_resumed_from_checkpoint(pg_url, tmp_path):
     artifacts = str(tmp_path / "artifacts")
-    victim = start_worker(pg_url, "crash", "--n-trials", "2", *LONG, artifacts=artifacts,
+    victim = start_worker(pg_url, "crash", "--n-trials", "3", *LONG, artifacts=artifacts,
                           log_path=tmp_path / "victim.log")
     doomed = wait_for(lambda: checkpointed_trial(pg_url, "crash", 2), 180, "a checkpointed trial")
-    survivor = start_worker(pg_url, "crash", "--n-trials", "2", *LONG, artifacts=artifacts,
+    survivor = start_worker(pg_url, "crash", "--n-trials", "3", *LONG, artifacts=artifacts,
                             log_path=tmp_path / "survivor.log")
     wait_for(lambda: len(_by_state(pg_url, "crash", TrialState.RUNNING)) == 2, 120,
              "the survivor's own trial to start")
