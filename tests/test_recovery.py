@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from tests.workers import checkpointed_trial, start_worker, trials, wait_for
 
 pytestmark = pytest.mark.slow
-LONG = ("--epochs", "8", "--train-size", "1500", "--seed", "0")
+EPOCHS = 12
+LONG = ("--epochs", str(EPOCHS), "--train-size", "1500", "--seed", "0")
 
 
 def doomed_end(storage, number):
@@ -24,20 +25,34 @@ def _by_state(storage, study, state):
     return [t for t in trials(storage, study) if t.state == state]
 
 
+def _victims_checkpointed_trial(storage, victim_pid):
+    """The victim's running trial, once it has a checkpoint of epoch 2 or later and the survivor
+    is busy with a trial of its own; else None."""
+    running = _by_state(storage, "crash", TrialState.RUNNING)
+    mine = [t for t in running if t.user_attrs.get("pid") == victim_pid
+            and (t.user_attrs.get("checkpoint") or {}).get("epoch", 0) >= 2]
+    others = [t for t in running if t.user_attrs.get("pid") not in (None, victim_pid)]
+    return mine[0] if mine and others else None
+
+
 def test_sigkilled_worker_trial_is_requeued_and_resumed_from_checkpoint(pg_url, tmp_path):
     artifacts = str(tmp_path / "artifacts")
+    # Both workers start together, so each holds a trial before either can use up the budget
+    # (tiny trials take a second or two on a fast machine).
     victim = start_worker(pg_url, "crash", "--n-trials", "3", *LONG, artifacts=artifacts,
                           log_path=tmp_path / "victim.log")
-    doomed = wait_for(lambda: checkpointed_trial(pg_url, "crash", 2), 180, "a checkpointed trial")
     survivor = start_worker(pg_url, "crash", "--n-trials", "3", *LONG, artifacts=artifacts,
                             log_path=tmp_path / "survivor.log")
-    wait_for(lambda: len(_by_state(pg_url, "crash", TrialState.RUNNING)) == 2, 120,
-             "the survivor's own trial to start")
+    wait_for(lambda: _victims_checkpointed_trial(pg_url, victim.pid), 180,
+             "the victim to checkpoint a trial while the survivor runs its own")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     killed_at = time.monotonic()
-    checkpoint_epoch = [t for t in trials(pg_url, "crash")
-                        if t.number == doomed.number][0].user_attrs["checkpoint"]["epoch"]
+    doomed = [t for t in _by_state(pg_url, "crash", TrialState.RUNNING)
+              if t.user_attrs.get("pid") == victim.pid]
+    assert len(doomed) == 1, "the victim's trial finished before the kill; lengthen LONG"
+    doomed = doomed[0]
+    checkpoint_epoch = doomed.user_attrs["checkpoint"]["epoch"]
 
     # Found and re-queued within the grace period (6 s) plus one reaper interval, while the
     # survivor is still busy with its own trial.
@@ -55,10 +70,10 @@ def test_sigkilled_worker_trial_is_requeued_and_resumed_from_checkpoint(pg_url, 
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == doomed.params
     assert retry[0].user_attrs["resumed_from_epoch"] == checkpoint_epoch
-    assert len(retry[0].user_attrs["history"]) == 8
+    assert len(retry[0].user_attrs["history"]) == EPOCHS
     print(f"\nrecovery: re-queued {requeued_after:.1f}s after SIGKILL (grace 6 s); re-run started "
           f"{(retry[0].datetime_start - doomed_end(pg_url, doomed.number)).total_seconds():.1f}s "
-          f"after the kill was detected; skipped {checkpoint_epoch} of 8 epochs")
+          f"after the kill was detected; skipped {checkpoint_epoch} of {EPOCHS} epochs")
     assert not _by_state(pg_url, "crash", TrialState.RUNNING)
 
 
@@ -68,7 +83,9 @@ def test_orphan_without_heartbeat_is_failed_and_requeued(pg_url, tmp_path):
     study = optuna.create_study(study_name="orphans", storage=storage, direction="maximize")
     orphan = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)})
     storage.engine.dispose()
-    worker = start_worker(pg_url, "orphans", "--n-trials", "2", *LONG,
+    # The worker's own trial must outlast the grace period (6 s) by far, even on a fast machine.
+    worker = start_worker(pg_url, "orphans", "--n-trials", "2", "--epochs", "60",
+                          "--train-size", "1500", "--seed", "0",
                           artifacts=str(tmp_path / "a"), log_path=tmp_path / "w.log")
     started = time.monotonic()
     wait_for(lambda: any(t.system_attrs.get("failed_trial") == orphan.number
