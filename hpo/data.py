@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hpo.errors import HpoError
 
@@ -218,39 +217,53 @@ class DeviceData:
         self.train = self._put(images.train_x[train_idx], images.train_y[train_idx])
         self.val = self._put(images.train_x[val_idx], images.train_y[val_idx])
         self.test = self._put(images.test_x, images.test_y)
+        self._train_pixels = self.train.x.permute(0, 2, 3, 1).reshape(-1, self.in_channels)  # a view
         pixels = self.train.x.float().div_(255)
         self.mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
         self.std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-        self.channels_last = self.device.type == "cuda"
+        # (x / 255 - mean) / std as one multiply-add on the pixel values
+        self._scale = 1 / (255 * self.std)
+        self._shift = -self.mean / self.std
+        # NHWC convolutions are faster on CUDA (tensor cores) and on the CPU too (oneDNN):
+        # benchmarks/trainer_throughput.py measures both layouts with --layout.
+        self.channels_last = True
 
     def _put(self, x: torch.Tensor, y: torch.Tensor) -> Split:
-        return Split(x.to(self.device), y.to(self.device))
+        # NHWC memory (channels_last): a pixel's channels are adjacent, so an augmented batch
+        # is one index_select of whole pixels
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return Split(x, y.to(self.device))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float().div_(255) - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """uint8 NCHW pixels -> normalised float32, in channels_last memory if the data uses it."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.float().mul_(self._scale).add_(self._shift)
 
     def train_batches(self, batch_size: int, epoch: int, seed: int, flip: bool = False,
                       crop_padding: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch: a seeded permutation, sliced into batches, augmented as whole tensors."""
+        """One epoch: a seeded permutation, sliced into batches, augmented as whole tensors.
+
+        Flip and reflect-pad + random crop are one gather from the uint8 set per batch: each
+        output pixel's source row and column are computed, so no padded copy is ever made.
+        """
         if crop_padding >= self.image_size:  # reflect padding needs pad < image size
             raise HpoError(f"crop padding {crop_padding} is invalid for {self.image_size}px "
                            f"images; allowed: 0 to {self.image_size - 1}")
         g = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + epoch)
-        n = len(self.train)
+        n, h, w = len(self.train), self.image_size, self.train.x.shape[-1]
         order = torch.randperm(n, generator=g, device=self.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            x = self.train.x[idx].float().div_(255)
-            if flip:
-                mask = torch.rand(len(idx), generator=g, device=self.device) < 0.5
-                x = torch.where(mask[:, None, None, None], x.flip(3), x)
-            if crop_padding:
-                x = random_crop(x, crop_padding, g)
-            x = (x - self.mean) / self.std
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.train.y[idx]
+            if flip or crop_padding:
+                rows, cols = augment_indices(len(idx), self.image_size, flip, crop_padding, g,
+                                             self.device)
+                pixel = (idx[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]
+                x = self._train_pixels.index_select(0, pixel.view(-1)).view(len(idx), h, w, -1)
+                x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
+            else:
+                x = self.train.x[idx]
+            yield self.normalize(x), self.train.y[idx]
 
     def eval_batches(self, split: Split, batch_size: int = 1000
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -258,16 +271,25 @@ class DeviceData:
             yield self.normalize(split.x[start:start + batch_size]), split.y[start:start + batch_size]
 
 
-def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
-    """Reflect-pad the batch, then cut each image at its own random offset (two gathers)."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    padded = padded.gather(2, rows.expand(b, c, h, padded.shape[3]))
-    return padded.gather(3, cols.expand(b, c, h, w))
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Index into a length-n axis as reflect padding reads it (-1 -> 1, n -> n - 2)."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def augment_indices(b: int, size: int, flip: bool, pad: int, g: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows (b, size) and columns (b, size) of a random horizontal flip (p=0.5) followed
+    by a crop of size x size at a random offset from the image reflect-padded by pad."""
+    flipped = (torch.rand(b, generator=g, device=device) < 0.5) if flip else None
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=device)
+    span = torch.arange(size, device=device)
+    rows = _reflect(dy[:, None] + span - pad, size)
+    cols = _reflect(dx[:, None] + span - pad, size)
+    if flipped is not None:  # reflect padding is symmetric: pad(flip(x)) == flip(pad(x))
+        cols = torch.where(flipped[:, None], size - 1 - cols, cols)
+    return rows, cols
 
 
 def load(name: str, device: str | torch.device = "cpu", val_fraction: float = 0.1,

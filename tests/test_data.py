@@ -332,6 +332,22 @@ def test_data_crop_is_applied_to_some_images():
     assert sum(h not in originals for h in got) > len(got) // 2
 
 
+def test_data_flip_and_crop_together_are_windows_of_the_padded_or_flipped_image():
+    pad = 3
+    data = DeviceData(indexed_images(), split_seed=0)
+    windows = set()
+    for source in (data.train.x, data.train.x.flip(3)):
+        padded = F.pad(source.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
+        windows |= {h for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                    for h in image_hashes(padded[:, :, dy:dy + 8, dx:dx + 8])}
+    x, y, _ = epoch(data, flip=True, crop_padding=pad)
+    assert x.shape == (180, 3, 8, 8) and len(y) == 180
+    got = image_hashes(raw(data, x))
+    assert all(h in windows for h in got)
+    unflipped = set(image_hashes(data.train.x))
+    assert sum(h not in unflipped for h in got) > len(got) // 2
+
+
 def test_data_crop_padding_larger_than_image_is_an_error():
     data = DeviceData(indexed_images(), split_seed=0)
     assert len(epoch(data, crop_padding=7)[1]) == 180
