@@ -55,14 +55,18 @@ class Progress:
         else:
             log.info(text)
 
-    def trial_done(self, trial: optuna.trial.FrozenTrial, finished: int | None = None) -> None:
-        """``finished``: trials complete or pruned so far, when the caller has just counted."""
+    def trial_done(self, trial: optuna.trial.FrozenTrial, finished: int | None = None,
+                   study_best: float | None = None) -> None:
+        """``finished``: trials complete or pruned so far, and ``study_best``: the best value of
+        all workers' trials, when the caller has just read them."""
         self.trial_seconds.append(time.monotonic() - self.trial_started)
         self.trial_started = time.monotonic()
         self.finished = self._count_finished() if finished is None else finished
         if trial.state == TrialState.COMPLETE and trial.values:
             value = trial.values[0]
             self.best = value if self.best is None else max(self.best, value)
+        if study_best is not None:
+            self.best = study_best if self.best is None else max(self.best, study_best)
         reason = trial.user_attrs.get("end_reason", "")
         value = f" value {trial.values[0]:.4f}" if trial.values else ""
         text = f"trial {trial.number} {trial.state.name.lower()}{value}" + (

@@ -84,10 +84,17 @@ class StaleTrialReaper(threading.Thread):
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
-    counts = dict.fromkeys(TrialState, 0)
+    return tally(study)[0]
+
+
+def tally(study: optuna.Study) -> tuple[dict[TrialState, int], float | None]:
+    """Trials by state and the study-wide best accuracy, from one read of the trial list."""
+    counts, best = dict.fromkeys(TrialState, 0), None
     for t in study.get_trials(deepcopy=False):
         counts[t.state] += 1
-    return counts
+        if t.state == TrialState.COMPLETE and t.values:
+            best = t.values[0] if best is None else max(best, t.values[0])
+    return counts, best
 
 
 def budget_left(counts: dict[TrialState, int], n_trials: int) -> int:
@@ -170,8 +177,8 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     logging.getLogger("optuna.study._optimize").addFilter(_QuietOverBudget(objective.over_budget))
 
     def keep_going(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        counts = count_states(study)  # one read serves the budget and the progress line
-        progress.trial_done(trial, counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
+        counts, best = tally(study)  # one read serves the budget and the progress line
+        progress.trial_done(trial, counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], best)
         waiting_logged = False
         while not stop.is_set() and budget_left(counts, n_trials) <= 0:
             # The budget is spent or in flight elsewhere. Stay while other trials run: if their

@@ -102,3 +102,14 @@ def test_worker_without_a_terminal_writes_plain_progress_lines(tmp_path):
     assert seen == [("0", "1", "2", "1", "2"), ("0", "1", "2", "2", "2"),
                     ("1", "2", "2", "1", "2"), ("1", "2", "2", "2", "2")], out
     assert re.search(r"trial 0 complete value \d\.\d{4}", out), out
+
+
+def test_progress_best_is_study_wide_when_the_caller_passes_it(study, caplog):
+    # Another worker's trial (0.8) beats this worker's own (0.6): "best" shows the study's best.
+    progress = Progress(study, n_trials=3, epochs=1, stream=io.StringIO())
+    trial = study.ask()
+    study.tell(trial, 0.6)
+    progress.trial_done(study.trials[-1], finished=2, study_best=0.8)
+    with caplog.at_level(logging.INFO, logger="hpo.progress"):
+        progress.epoch(study.ask(), _metrics(1, 0.5))
+    assert LINE.search(caplog.text).group(7) == "0.8000"
