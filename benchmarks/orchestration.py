@@ -453,7 +453,8 @@ def part_b(args) -> dict:
         ds, dc = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
         wall = dc - ds
         history = t.user_attrs.get("history", [])
-        training = sum(h["seconds"] for h in history)
+        # "seconds" also counts an epoch that diverged (it has no history row)
+        training = t.user_attrs.get("seconds", sum(h["seconds"] for h in history))
         parts = _breakdown(timers.events, ds, dc)
         fit_rest = parts.pop("fit (training + rest)", 0.0) - training
         parts["fit.rest (loop, .item() syncs, not in epoch seconds)"] = fit_rest

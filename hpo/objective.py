@@ -112,7 +112,7 @@ class Objective:
                 torch.cuda.empty_cache()
             trial.set_user_attr("end_reason", f"out of memory on {self.data.device}")
             raise TrialFailed(f"trial {trial.number}: out of memory on {self.data.device}") from None
-        self._finish(trial, result.history, config)
+        self._finish(trial, result.history, config, seconds=result.seconds)
         trial.set_user_attr("params", result.params)
         if result.status == "diverged":
             return self._prune(trial, f"diverged: {result.reason}")
@@ -135,12 +135,16 @@ class Objective:
             raise TrialFailed(reason)
         raise optuna.TrialPruned(reason)
 
-    def _finish(self, trial: optuna.Trial, history: list[EpochMetrics], config: Config) -> None:
-        """Record the gap and attach the learning curve and config as dashboard artifacts."""
+    def _finish(self, trial: optuna.Trial, history: list[EpochMetrics], config: Config,
+                seconds: float | None = None) -> None:
+        """Record the gap and training seconds (``seconds`` when given: it also counts a diverged
+        epoch, which has no history row) and attach the learning curve and config as artifacts."""
         if history:
             last = history[-1]
             trial.set_user_attr("gap", last.train_acc - last.val_acc)
-            trial.set_user_attr("seconds", sum(h.seconds for h in history))
+        if history or seconds:
+            trial.set_user_attr("seconds", sum(h.seconds for h in history) if seconds is None
+                                else seconds)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 curve = plot_learning_curve([vars(h) for h in history],

@@ -109,6 +109,7 @@ def test_objective_diverging_trial_is_pruned_with_reason(small_data, store):
     assert diverged.state == TrialState.PRUNED
     assert diverged.user_attrs["end_reason"].startswith("diverged")
     assert "loss" in diverged.user_attrs["end_reason"]
+    assert diverged.user_attrs["seconds"] > 0  # the epoch that diverged was trained
     assert after.state == TrialState.COMPLETE  # the study goes on
 
 
