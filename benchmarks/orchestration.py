@@ -152,9 +152,7 @@ def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifact
 
         def __call__(self, trial):
             self.current_trial_id = trial._trial_id
-            n_trials = getattr(self, "n_trials", None)
-            if n_trials is not None and self._started_before(trial) >= n_trials:
-                raise hpo.objective.OverBudget(f"trial {trial.number} is over budget")
+            self.give_way_if_over_budget(trial)  # exactly the real objective's check
             return trivial_trial(trial, self.on_epoch)
 
     hpo.objective.Objective = TrivialObjective

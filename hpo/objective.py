@@ -62,16 +62,19 @@ class Objective:
         return sum(t.number < trial.number
                    for t in trial.study.get_trials(deepcopy=False, states=states))
 
-    def __call__(self, trial: optuna.Trial):
-        self.current_trial_id = trial._trial_id
+    def give_way_if_over_budget(self, trial: optuna.Trial) -> None:
+        """Workers that checked the budget at the same moment both created a trial; the later
+        one by number gives way (raises OverBudget), so the study-wide budget holds exactly."""
         # Only trial numbers past the budget can be over it: most trials skip the extra read.
         if (self.n_trials is not None and trial.number >= self.n_trials
                 and self._started_before(trial) >= self.n_trials):
-            # Workers that checked the budget at the same moment both created a trial; the later
-            # one by number gives way, so the study-wide budget holds exactly.
             self.over_budget.add(trial.number)
             trial.set_user_attr("end_reason", f"over budget: {self.n_trials} trials already started")
             raise OverBudget(f"trial {trial.number} is over the study's budget of {self.n_trials}")
+
+    def __call__(self, trial: optuna.Trial):
+        self.current_trial_id = trial._trial_id
+        self.give_way_if_over_budget(trial)
         trial.set_user_attr("device", str(self.data.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())

@@ -71,6 +71,7 @@ def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     }
 
 
+REAPER_THREAD_NAME = "stale-trial-reaper"  # hpo.worker.StaleTrialReaper
 MAX_BACKOFF = 10.0  # seconds between retries while the database is unreachable
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
@@ -101,6 +102,7 @@ class ResilientRDBStorage(RDBStorage):
         self.outage_timeout = outage_timeout
         self._healthy_since = -float("inf")  # healthy from the start: reap orphans right away
         self._first_seen_without_heartbeat: dict[int, float] = {}
+        self._last_stale_check = -float("inf")
         self._seen_lock = threading.Lock()
         super().__init__(url, **kwargs)
 
@@ -117,6 +119,14 @@ class ResilientRDBStorage(RDBStorage):
         return float(self.grace_period or 2 * (self.heartbeat_interval or 0))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna checks at every trial start; the worker's reaper thread checks every heartbeat
+        # interval anyway, so a trial start skips the check (three round trips) when one ran
+        # within the last interval.
+        now = time.monotonic()
+        if (threading.current_thread().name != REAPER_THREAD_NAME
+                and now - self._last_stale_check < (self.heartbeat_interval or 0)):
+            return []
+        self._last_stale_check = now
         # After an outage, heartbeat threads (ours and other workers') may still be in a backoff
         # sleep: give them the grace period plus the longest backoff before judging anyone.
         if time.monotonic() - self._healthy_since < self._grace() + MAX_BACKOFF:

@@ -72,7 +72,9 @@ class StaleTrialReaper(threading.Thread):
     trials are doing; plain Optuna only checks when a worker starts its next trial."""
 
     def __init__(self, study: optuna.Study, interval: float):
-        super().__init__(name="stale-trial-reaper", daemon=True)
+        from hpo.storage import REAPER_THREAD_NAME
+
+        super().__init__(name=REAPER_THREAD_NAME, daemon=True)
         self.study, self.interval, self.halt = study, interval, threading.Event()
 
     def run(self) -> None:
