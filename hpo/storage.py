@@ -72,6 +72,7 @@ def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
 
 
 REAPER_THREAD_NAME = "stale-trial-reaper"  # hpo.worker.StaleTrialReaper
+OUTAGE_LOG_EVERY = 10.0  # seconds between "still unreachable" lines
 MAX_BACKOFF = 10.0  # seconds between retries while the database is unreachable
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
@@ -103,6 +104,8 @@ class ResilientRDBStorage(RDBStorage):
         self._healthy_since = -float("inf")  # healthy from the start: reap orphans right away
         self._first_seen_without_heartbeat: dict[int, float] = {}
         self._last_stale_check = -float("inf")
+        self._outage_since: float | None = None  # when this process first saw the outage
+        self._outage_logged = 0.0
         self._seen_lock = threading.Lock()
         super().__init__(url, **kwargs)
 
@@ -114,6 +117,29 @@ class ResilientRDBStorage(RDBStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         state["_seen_lock"] = threading.Lock()
         super().__setstate__(state)
+
+    # One outage, however many threads (trial loop, heartbeat, reaper) notice it: one line when
+    # it starts, one every OUTAGE_LOG_EVERY seconds while it lasts, one when it is over.
+    def _outage_log(self, e: BaseException) -> None:
+        now = time.monotonic()
+        with self._seen_lock:
+            if self._outage_since is None:
+                self._outage_since = self._outage_logged = now
+                log.warning("database %s unreachable (%s); waiting for it to come back "
+                            "(up to %.0fs)", mask(self.url), _first_line(e), self.outage_timeout)
+            elif now - self._outage_logged >= OUTAGE_LOG_EVERY:
+                self._outage_logged = now
+                log.warning("database still unreachable after %.0fs (%s)",
+                            now - self._outage_since, _first_line(e))
+
+    def _outage_over(self) -> None:
+        now = time.monotonic()
+        with self._seen_lock:
+            if self._outage_since is not None:
+                log.warning("database %s reachable again after %.1fs; carrying on", mask(self.url),
+                            now - self._outage_since)
+                self._outage_since = None
+            self._healthy_since = now
 
     def _grace(self) -> float:
         return float(self.grace_period or 2 * (self.heartbeat_interval or 0))
@@ -154,20 +180,14 @@ def _retrying(method):
             except Exception as e:
                 if not _is_transient(e) or waited >= self.outage_timeout:
                     raise
-                if waited == 0:
-                    log.warning("database %s unreachable (%s); waiting for it to come back "
-                                "(up to %.0fs)", mask(self.url), _first_line(e), self.outage_timeout)
-                else:
-                    log.warning("database still unreachable after %.0fs; next try in %.0fs",
-                                waited, delay)
+                self._outage_log(e)
                 self._healthy_since = float("inf")  # no reaping while the database is away
                 time.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
             if waited:
-                log.warning("database %s reachable again after %.0fs", mask(self.url), waited)
-                self._healthy_since = time.monotonic()
+                self._outage_over()
             return result
 
     return wrapper

@@ -38,7 +38,8 @@ def test_four_workers_share_one_study_within_budget(pg_url, tmp_path):
 def test_worker_rides_out_database_restart(throwaway_pg, tmp_path):
     url = throwaway_pg.url()
     log = tmp_path / "w.log"
-    worker = start_worker(url, "outage", "--n-trials", "4", "--epochs", "4", "--train-size", "1500",
+    # trials of a few seconds, so the restart lands mid-study even on a fast machine
+    worker = start_worker(url, "outage", "--n-trials", "4", "--epochs", "10", "--train-size", "1500",
                           "--seed", "0", artifacts=str(tmp_path / "a"), log_path=log)
     first = wait_for(lambda: [t for t in trials(url, "outage") if t.state == TrialState.COMPLETE],
                      180, "a first complete trial")[0]
@@ -46,6 +47,8 @@ def test_worker_rides_out_database_restart(throwaway_pg, tmp_path):
     assert worker.wait(timeout=400) == 0, log.read_text()
     text = log.read_text()
     assert "unreachable" in text and "reachable again" in text
+    print("\nwhat the worker logged during the outage:\n" + "\n".join(
+        line for line in text.splitlines() if "reachable" in line or "WARNING" in line))
     ts = trials(url, "outage")
     kept = [t for t in ts if t.number == first.number][0]
     assert kept.state == TrialState.COMPLETE and kept.value == first.value
