@@ -361,3 +361,29 @@ def test_data_eval_batches_are_the_split_in_order():
     x = torch.cat([b[0] for b in batches])
     assert torch.equal(raw(data, x), data.val.x)
     assert torch.equal(torch.cat([b[1] for b in batches]), data.val.y)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_data_torchvision_set_offline_fails_with_a_hint(name, tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision import datasets
+
+    def offline(self):  # what torchvision's download meets without a network; never downloads
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(datasets.CIFAR10, "download", offline)  # CIFAR100 inherits it
+    monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(HpoError, match=f"dataset '{name}' is not under .*HPO_DATA_DIR.*imagefolder"):
+        hpo.data.load_images(name)
+
+
+def test_importing_hpo_does_no_heavy_work():
+    import subprocess
+    import sys
+
+    code = ("import sys, hpo, hpo.cli, hpo.worker, search_spaces; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
