@@ -25,6 +25,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = args.dataset or doc.get("dataset", "cifar10-sample")
     train_size = args.train_size if args.train_size is not None else doc.get("train_size")
     device = resolve_device(args.device)
+    threads = args.threads
+    if threads is None and str(doc.get("device") or "cpu") == "cpu":
+        threads = doc.get("threads")
+    if threads is not None and device.type == "cpu":
+        if threads < 1:
+            raise HpoError(f"--threads {threads} is invalid; it must be 1 or more")
+        # the same thread count as the trial: CPU float reductions, hence results, depend on it
+        torch.set_num_threads(threads)
+        print(f"{threads} CPU thread(s){'' if args.threads is not None else ', as the trial ran'}")
     images = data.load(dataset, device, doc.get("val_fraction", 0.1), doc.get("split_seed", 0),
                        train_size)
 
@@ -141,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-size", type=int, help="train on a subset of this many images")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    t.add_argument("--threads", type=int,
+                   help="CPU threads (default: the export's, so results match the trial)")
     t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)

@@ -59,6 +59,8 @@ def trial_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict
         "history": trial.user_attrs.get("history", []),
         "parameter_count": trial.user_attrs.get("params"),
         "seconds": trial.user_attrs.get("seconds"),
+        "device": trial.user_attrs.get("device"),
+        "threads": trial.user_attrs.get("threads"),
         "dataset": settings.get("dataset", "cifar10-sample"),
         "train_size": settings.get("train_size"),
         "val_fraction": settings.get("val_fraction", 0.1),

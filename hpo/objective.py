@@ -78,6 +78,8 @@ class Objective:
         trial.set_user_attr("device", str(self.data.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        # CPU results depend on the thread count (reduction order): hpo train reuses it
+        trial.set_user_attr("threads", torch.get_num_threads())
         base = {**self.frozen, "epochs": self.epochs, "seed": self.seed}
         try:
             config = from_dict(self.stage.suggest(trial, base))

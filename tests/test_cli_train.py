@@ -71,9 +71,10 @@ def test_cli_train_bad_json_in_subprocess(tmp_path):
     (CONFIG, ["--device", "tpu9"], ["'tpu9'", "cpu"]),
     (CONFIG, ["--dataset", "cifar11"], ["'cifar11'", "cifar10-sample"]),
     (CONFIG, ["--train-size", "0"], ["train size 0"]),
+    (CONFIG, ["--threads", "0"], ["--threads 0", "1 or more"]),
     ("[1, 2]", [], ["expected a JSON object"]),
 ], ids=["unknown-key", "bad-value", "geometry", "bad-device", "bad-dataset", "bad-train-size",
-        "not-object"])
+        "bad-threads", "not-object"])
 def test_cli_train_usage_errors(tmp_path, capsys, content, args, words):
     cfg = write(tmp_path / "cfg.json", content)
     code = main(["train", cfg, "--device", "cpu", *args])  # a later --device wins

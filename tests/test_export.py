@@ -58,8 +58,11 @@ def test_export_best_retrains_to_the_same_validation_accuracy(searched, tmp_path
     assert (doc["train_size"], doc["dataset"]) == (300, "cifar10-sample")
     assert doc["value"] > 0.1, "the best trial should have learnt something, or the check is weak"
 
-    trained = run_cli("hpo", "train", str(path), "--device", "cpu", env=ENV, check=True,
-                      timeout=240).stdout
+    assert (doc["device"], doc["threads"]) == ("cpu", 1)
+    # hpo train takes the trial's thread count from the export, whatever the environment says
+    trained = run_cli("hpo", "train", str(path), "--device", "cpu",
+                      env={**ENV, "OMP_NUM_THREADS": "2"}, check=True, timeout=240).stdout
+    assert "1 CPU thread(s), as the trial ran" in trained
     best = re.search(r"^validation accuracy (\d\.\d{4}) \(best epoch\)", trained, re.M)
     assert best, trained
     assert best.group(1) == f"{doc['value']:.4f}"
