@@ -39,6 +39,20 @@ def resolve_dataset(name: str) -> str:
     return name
 
 
+def add_run_flags(p, train_size: int) -> None:
+    """The data, seed and process flags of every benchmark that runs real studies."""
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="default: %(default)s (from the repo root)")
+    p.add_argument("--train-size", type=int, default=train_size,
+                   help="training images (default %(default)s of the 45,000)")
+    p.add_argument("--val-fraction", type=float, default=0.04,
+                   help="validation split of the 50,000 training images (default %(default)s = "
+                        "2,000 images; the project's default is 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="training and sampler seed (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process, 0 = torch's default (default %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
+
+
 def _command(name: str, module: str) -> list[str]:
     script = Path(sys.executable).parent / name
     return [str(script)] if script.exists() else [sys.executable, "-m", module]

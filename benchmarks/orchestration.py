@@ -45,7 +45,6 @@ import tempfile
 import threading
 import time
 import types
-import uuid
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -54,31 +53,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # search_spaces lives at the repo root
     sys.path.insert(0, str(REPO_ROOT))
 
-from _db import count_round_trips  # noqa: E402
+from _db import DEFAULT_PG, count_round_trips, scratch_database  # noqa: E402
 
-DEFAULT_PG = os.environ.get("HPO_TEST_DATABASE_URL",
-                            "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 STUDY = "bench"
 BARRIER_TIMEOUT = 300
-
-
-@contextlib.contextmanager
-def scratch_database(base_url: str, tag: str):
-    """A fresh PostgreSQL database on the server of base_url, dropped afterwards."""
-    import sqlalchemy
-
-    url = sqlalchemy.engine.make_url(base_url)
-    name = f"hpo_{tag}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT",
-                                     poolclass=sqlalchemy.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _quiet() -> None:

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import _studies
-from _studies import DEFAULT_DATASET, emit, resolve_dataset, run_worker, summarise
+from _studies import emit, resolve_dataset, run_worker, summarise
 
 TARGET_EPOCH_SAVINGS = 0.40
 TARGET_ACC_GAP = 0.01
@@ -48,24 +48,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Output: JSON lines on stdout; progress on stderr.")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="default: %(default)s (from the repo root)")
     p.add_argument("--space", default="stage1_layers", help="stage to search (default %(default)s)")
     p.add_argument("--sampler", default="tpe", help="default %(default)s")
     p.add_argument("--n-trials", type=int, default=16, help="trials per run (default %(default)s)")
     p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default %(default)s)")
-    p.add_argument("--train-size", type=int, default=1000,
-                   help="training images (default %(default)s of the 45,000)")
-    p.add_argument("--val-fraction", type=float, default=0.04,
-                   help="validation split of the 50,000 training images (default %(default)s = "
-                        "2,000 images; the project's default is 0.1)")
     p.add_argument("--pruners", default="median",
                    help="pruners to compare with --pruner none, comma-separated: median, "
                         "hyperband (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="training and sampler seed (default %(default)s)")
     p.add_argument("--device", default="cpu", help="hpo-worker --devices (default %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per process, 0 = torch's default (default %(default)s)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
+    _studies.add_run_flags(p, train_size=1000)
     args = p.parse_args()
     _studies.setup_logging()
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import _studies
-from _studies import (DEFAULT_DATASET, emit, export_and_train, grid_size_after, resolve_dataset,
+from _studies import (emit, export_and_train, grid_size_after, resolve_dataset,
                       run_worker, summarise)
 
 RETRAIN_TOLERANCE = 0.005
@@ -113,26 +113,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Output: JSON lines on stdout; progress on stderr.")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="default: %(default)s (from the repo root)")
     p.add_argument("--chain", default=DEFAULT_CHAIN, help="comma-separated stages (default %(default)s)")
     p.add_argument("--trials-per-stage", type=int, default=3, help="K (default %(default)s)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial, every arm (default %(default)s)")
-    p.add_argument("--train-size", type=int, default=2000,
-                   help="training images (default %(default)s of the 45,000)")
-    p.add_argument("--val-fraction", type=float, default=0.04,
-                   help="validation split of the 50,000 training images (default %(default)s = "
-                        "2,000 images; the project's default is 0.1)")
     p.add_argument("--pruner", default="none",
                    help="pruner for every arm (default %(default)s: exactly equal epochs)")
-    p.add_argument("--seed", type=int, default=0, help="training and sampler seed (default %(default)s)")
     p.add_argument("--arms", default="staged,joint,grid,reports_final",
                    help="which arms to run (default %(default)s)")
     p.add_argument("--no-retrain", action="store_true", help="skip export + hpo train (no test accuracy)")
     p.add_argument("--device", default="cpu", help="hpo-worker --devices / hpo train --device (default %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per process, 0 = torch's default (default %(default)s)")
     p.add_argument("--max-minutes", type=float, default=15, help="runtime target (default %(default)s)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
+    _studies.add_run_flags(p, train_size=2000)
     args = p.parse_args()
     _studies.setup_logging()
     chain = [s.strip() for s in args.chain.split(",") if s.strip()]

@@ -63,9 +63,7 @@ class Trainer:
         self.device = data.device
         torch.manual_seed(config.seed)
         model = build_model(config, data.num_classes, data.image_size, data.in_channels)
-        model = model.to(self.device)
-        if data.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(self.device).to(memory_format=torch.channels_last)
         self.model = model.train()
         self.optimizer = make_optimizer(config, model.parameters())
         self.loss_sum = torch.zeros((), device=self.device)
@@ -129,9 +127,8 @@ def batches(loop: str, data: DeviceData, loader: torch.utils.data.DataLoader, ep
                                       crop_padding=CROP_PADDING)
     elif loop == "conventional":
         for x, y in loader:
-            x = x.to(data.device, non_blocking=True)
-            if data.channels_last:  # same model memory format as ours; only the data path differs
-                x = x.contiguous(memory_format=torch.channels_last)
+            # same memory format as ours; only the data path differs
+            x = x.to(data.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             yield x, y.to(data.device, non_blocking=True)
     else:
         batch = next(data.train_batches(batch_size, epoch, seed=0, flip=True,

@@ -225,13 +225,11 @@ class DeviceData:
         hwc = (1, *images.train_x.shape[-2:], self.in_channels)
         self._scale_row = (1 / (255 * self.std)).view(1, 1, 1, -1).expand(hwc).reshape(1, -1)
         self._shift_row = (-self.mean / self.std).view(1, 1, 1, -1).expand(hwc).reshape(1, -1)
-        # Batches come in channels_last (NHWC) memory and fit() converts the model to match:
-        # convolutions are faster that way on CUDA (tensor cores) and on the CPU (oneDNN).
-        self.channels_last = True
 
     def _put(self, x: torch.Tensor, y: torch.Tensor) -> Split:
         # NHWC memory (channels_last): a pixel's channels are adjacent, so an augmented batch
-        # is one index_select of whole pixels
+        # is one index_select of whole pixels. Batches keep that layout and fit() converts the
+        # model to match: convolutions are faster so on CUDA (tensor cores) and CPU (oneDNN).
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         return Split(x, y.to(self.device))
 

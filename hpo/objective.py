@@ -147,9 +147,9 @@ class Objective:
         if history:
             last = history[-1]
             trial.set_user_attr("gap", last.train_acc - last.val_acc)
-        if history or seconds:
-            trial.set_user_attr("seconds", sum(h.seconds for h in history) if seconds is None
-                                else seconds)
+        seconds = sum(h.seconds for h in history) if seconds is None else seconds
+        if seconds:
+            trial.set_user_attr("seconds", seconds)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 curve = plot_learning_curve([vars(h) for h in history],

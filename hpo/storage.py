@@ -155,7 +155,7 @@ class ResilientRDBStorage(RDBStorage):
         self._last_stale_check = now
         # After an outage, heartbeat threads (ours and other workers') may still be in a backoff
         # sleep: give them the grace period plus the longest backoff before judging anyone.
-        if time.monotonic() - self._healthy_since < self._grace() + MAX_BACKOFF:
+        if now - self._healthy_since < self._grace() + MAX_BACKOFF:
             return []
         stale = super()._get_stale_trial_ids(study_id)
         with optuna.storages._rdb.storage._create_scoped_session(self.scoped_session) as session:

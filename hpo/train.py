@@ -131,8 +131,7 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
     device = data.device
     torch.manual_seed(config.seed)
     model = build_model(config, data.num_classes, data.image_size, data.in_channels).to(device)
-    if data.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # as the batches are (hpo.data)
     optimizer = make_optimizer(config, model.parameters())
     scheduler = make_scheduler(config, optimizer)
     l1_weights = penalised_weights(model) if config.l1 > 0 else []
