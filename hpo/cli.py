@@ -16,7 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hpo import data
     from hpo.config import config_from_document, load_json
     from hpo.export import select_document
-    from hpo.train import fit, evaluate, resolve_device
+    from hpo.train import configure_backend, evaluate, fit, resolve_device
 
     doc = select_document(load_json(args.config), args.config)
     config = config_from_document(doc, args.config)
@@ -34,6 +34,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the same thread count as the trial: CPU float reductions, hence results, depend on it
         torch.set_num_threads(threads)
         print(f"{threads} CPU thread(s){'' if args.threads is not None else ', as the trial ran'}")
+    # Precision is part of the result: the trial's bf16 and matmul precision unless overridden.
+    bf16 = args.bf16 or bool(doc.get("bf16", False))
+    configure_backend(device, args.matmul_precision or doc.get("matmul_precision") or "highest")
+    if bf16:
+        print("bf16 autocast" + ("" if args.bf16 else ", as the trial ran"))
     images = data.load(dataset, device, doc.get("val_fraction", 0.1), doc.get("split_seed", 0),
                        train_size)
 
@@ -42,14 +47,14 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"train_acc {m.train_acc:.4f}  val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.4f}  "
               f"{m.seconds:.1f}s", flush=True)
 
-    result = fit(config, images, on_epoch=None if args.quiet else show, bf16=args.bf16)
+    result = fit(config, images, on_epoch=None if args.quiet else show, bf16=bf16)
     if result.status == "diverged":
         print(f"diverged: {result.reason}")
         return 2
-    _, test_acc = evaluate(result.model, images, images.test, args.bf16)
+    _, test_acc = evaluate(result.model, images, images.test, bf16)
     images_seen = sum(len(images.train) for _ in result.history)
-    print(f"validation accuracy {result.best_val_acc:.4f} (best epoch), "
-          f"{result.history[-1].val_acc:.4f} (last epoch)")
+    print(f"validation accuracy {result.final_val_acc:.4f} (last epoch: these weights; "
+          f"best epoch {result.best_val_acc:.4f})")
     print(f"test accuracy {test_acc:.4f}")
     print(f"parameters {result.params:,}; {result.seconds:.1f}s training, "
           f"{images_seen / result.seconds:,.0f} images/s on {device}")
@@ -64,15 +69,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_create_study(args: argparse.Namespace) -> int:
     from hpo.storage import open_storage
-    from hpo.study import open_study, settings_flags
+    from hpo.study import check_flags, open_study, settings_flags, update_budget
 
-    storage = open_storage(args.storage)
-    if args.study in {s.study_name for s in storage.get_all_studies()}:
+    flags = settings_flags(args)
+    check_flags(flags)
+    if args.update:
+        others = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and k != "n_trials"]
+        if args.n_trials is None or others or args.after or args.from_file or args.space:
+            raise HpoError("--update changes only the budget: pass --study and --n-trials alone"
+                           + (f" (got {', '.join(others)})" if others else ""))
+    storage = open_storage(args.storage, outage_timeout=args.outage_timeout)
+    exists = args.study in {s.study_name for s in storage.get_all_studies()}
+    if args.update:
+        if not exists:
+            raise HpoError(f"--update: no study {args.study!r} in this storage")
+        old, new = update_budget(storage, args.study, args.n_trials)
+        print(f"study {args.study!r}: budget {old} -> {new} trials (running workers follow)")
+        return 0
+    if exists:
         if args.skip_if_exists:
             print(f"study {args.study!r} already exists; skipped")
             return 0
         raise HpoError(f"study {args.study!r} already exists; pass --skip-if-exists to accept that")
-    flags = settings_flags(args)
     study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
                                            args.from_file)
     print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "
@@ -95,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hpo.status import status_table
     from hpo.storage import open_storage
 
-    print(status_table(open_storage(args.storage), args.study))
+    print(status_table(open_storage(args.storage, outage_timeout=args.outage_timeout), args.study))
     return 0
 
 
@@ -103,7 +121,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hpo.export import export
     from hpo.storage import open_storage
 
-    doc = export(open_storage(args.storage), args.study, args.top, args.trial)
+    doc = export(open_storage(args.storage, outage_timeout=args.outage_timeout), args.study,
+                 args.top, args.trial)
     text = json.dumps(doc, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -124,7 +143,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from hpo.report import write_report
     from hpo.storage import open_storage
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, outage_timeout=args.outage_timeout)
     names = args.study or sorted(s.study_name for s in storage.get_all_studies())
     known = {s.study_name for s in storage.get_all_studies()}
     for name in names:
@@ -142,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def storage_flag(q):
         q.add_argument("--storage", help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+        q.add_argument("--outage-timeout", type=float, default=60,
+                       help="seconds to wait for a database that goes away mid-command (default 60)")
 
     t = sub.add_parser("train", help="train one configuration (a config or an export JSON)")
     t.add_argument("config", help="config JSON or `hpo export` output")
@@ -149,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="override the config's epochs")
     t.add_argument("--train-size", type=int, help="train on a subset of this many images")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    t.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (default: as the exported trial ran)")
+    t.add_argument("--matmul-precision",
+                   help="highest | high | medium (default: as the exported trial ran)")
     t.add_argument("--threads", type=int,
                    help="CPU threads (default: the export's, so results match the trial)")
     t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
@@ -172,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int)
     c.add_argument("--after", help="study whose best trial to freeze from")
     c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
+    c.add_argument("--bf16", action="store_true", help="bf16 autocast for every trial")
+    c.add_argument("--matmul-precision", help="float32 matmul precision: highest | high | medium")
     c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")
+    c.add_argument("--update", action="store_true",
+                   help="change an existing study's budget (--n-trials); running workers follow")
     c.set_defaults(func=cmd_create_study)
 
     s = sub.add_parser("stages", help="list the stages (study names) and their budgets")

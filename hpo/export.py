@@ -65,6 +65,8 @@ def trial_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict
         "train_size": settings.get("train_size"),
         "val_fraction": settings.get("val_fraction", 0.1),
         "split_seed": settings.get("split_seed", 0),
+        "bf16": settings.get("bf16", False),
+        "matmul_precision": settings.get("matmul_precision", "highest"),
         "frozen_from": study.user_attrs.get("frozen_from"),
         "versions": versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

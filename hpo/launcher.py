@@ -59,18 +59,25 @@ def plan_slots(devices: str, jobs_per_device: int) -> list[Slot]:
 
 
 def supervise(slots: list[Slot], argv: list[str]) -> int:
-    """Run one child per slot; forward stop signals; non-zero if any child failed."""
+    """Run one child per slot; forward stop signals; non-zero if any child failed.
+
+    A stop signal that arrives while children are being started stops the start-up: no more
+    children are spawned, and every child already started receives it.
+    """
     children: list[subprocess.Popen] = []
+    stopping: list[int] = []  # the signal received, if any
     threads = max(1, (os.cpu_count() or 1) // len(slots))
 
     def forward(signum, frame):
         log.warning("%s received: stopping %d workers", signal.Signals(signum).name, len(children))
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
     for slot in slots:
         env = dict(os.environ, HPO_WORKER_SLOT=str(slot.index))
         if slot.visible_devices is not None:
@@ -80,10 +87,20 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
         # The last --devices/--jobs-per-device on the command line wins in argparse.
         cmd = [sys.executable, "-m", "hpo.worker", *argv, "--devices", slot.device,
                "--jobs-per-device", "1"]
-        # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
-        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        # Blocked while a child starts: a signal in between would miss the child not yet listed;
+        # it is delivered on unblocking, when the child is in the list.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            if stopping:
+                break
+            # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
+            children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         log.info("slot %d: pid %d on %s%s", slot.index, children[-1].pid, slot.device,
                  f" (GPU {slot.visible_devices})" if slot.visible_devices else "")
+    if stopping and len(children) < len(slots):
+        log.warning("start-up stopped after %d of %d workers", len(children), len(slots))
     codes = [child.wait() for child in children]
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     for i, code in failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
@@ -19,7 +20,8 @@ def study_rows(storage, only: str | None = None) -> list[dict]:
     for summary in sorted(summaries, key=lambda s: s.study_name):
         if only is not None and summary.study_name != only:
             continue
-        trials = storage.get_all_trials(summary._study_id, deepcopy=False)
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
+            deepcopy=False)
         counts = {state: sum(t.state == state for t in trials) for state in _STATES}
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
         best = max(complete, key=lambda t: t.values[0]) if complete else None

@@ -1,28 +1,36 @@
-"""The one place that reads storage URLs: resolution, masking, engine settings, outage retries.
+"""The one place that reads storage URLs: resolution, masking, engine settings, and the one retry
+layer that rides out database outages.
 
 ``--storage`` wins, then ``HPO_STORAGE``, then an embedded SQLite file ``hpo.db`` in the working
 directory. SQLite runs in WAL mode with a long busy timeout so that several local workers and
 optuna-dashboard can share it; PostgreSQL is the shared, many-machine database.
+
+``open_storage`` returns a :class:`RetryingStorage`: Optuna's own ``RDBStorage`` behind Optuna's
+trial cache (``optuna.storages.get_storage``), wrapped once, at the public ``BaseStorage``
+methods, by a retry loop. Only a lost or refused connection counts as an outage; any other
+database error fails at once with one line.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._rdb import models
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface fail_stale_trials checks
+from optuna.trial import TrialState
 
 from hpo.errors import HpoError
 
@@ -30,6 +38,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2")
+OUTAGE_LOG_EVERY = 10.0  # seconds between "still unreachable" lines
+FIRST_BACKOFF, MAX_BACKOFF = 0.5, 10.0  # seconds between retries while the database is away
+
+
+class StorageError(HpoError):
+    """The database answered with an error that waiting will not fix (missing table, refused
+    password, permission): one line, at once."""
+
+
+class DatabaseUnavailable(HpoError):
+    """The database stayed unreachable for longer than the outage timeout."""
 
 
 def resolve_url(flag: str | None) -> str:
@@ -44,7 +63,7 @@ def mask(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def _parse(url: str) -> sqlalchemy.engine.URL:
+def parse_url(url: str) -> sqlalchemy.engine.URL:
     if "://" not in url:
         hint = f"sqlite:///{url}" if url.endswith(".db") else "postgresql+psycopg2://user:pass@host/db"
         raise HpoError(f"storage {url!r} is not a URL; pass e.g. {hint}")
@@ -63,158 +82,235 @@ def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     if url.drivername == "sqlite":
         return {"connect_args": {"timeout": 60}}
     # A worker process uses at most three connections at once (its trial loop, the heartbeat
-    # thread, the stale-trial reaper). No pre-ping (a round trip per session): a dead pooled
-    # connection fails its first statement as "invalidated", and _retrying tries again on a new one.
+    # thread, the reaper). No pre-ping (a round trip per session): a dead pooled connection fails
+    # its first statement as "invalidated", and the retry layer tries again on a new one.
     return {
         "pool_size": 3, "max_overflow": 2, "pool_recycle": 1800,
         "connect_args": {"connect_timeout": 5, "application_name": "hpo"},
     }
 
 
-REAPER_THREAD_NAME = "stale-trial-reaper"  # hpo.worker.StaleTrialReaper
-OUTAGE_LOG_EVERY = 10.0  # seconds between "still unreachable" lines
-MAX_BACKOFF = 10.0  # seconds between retries while the database is unreachable
-_TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+# -- what counts as an outage ------------------------------------------------------------------
+
+# PostgreSQL error classes that mean "the connection is gone or not possible right now".
+_OUTAGE_SQLSTATES = ("08",  # connection exception
+                     "57P01", "57P02", "57P03",  # admin/crash shutdown, cannot connect now
+                     "53300")  # too many connections (a full pooler or server)
+# Errors raised before any SQLSTATE exists (at connect) that no amount of waiting fixes.
+_PERMANENT_TEXT = ("password authentication failed", "authentication failed", "does not exist",
+                   "no pg_hba.conf entry", "permission denied", "no such table", "no such column",
+                   "file is not a database", "malformed", "unable to open database file",
+                   "readonly database", "read-only")
 
 
-def _is_transient(e: BaseException) -> bool:
-    """A lost or refused connection (worth waiting for), as opposed to a bad request."""
+def is_outage(error: BaseException) -> bool:
+    """A lost or refused connection (worth waiting for), as opposed to an error that waiting will
+    not fix: a missing table, a refused password, a permission error, a bad statement."""
+    e: BaseException | None = error
     while e is not None:
-        if isinstance(e, _TRANSIENT) or (isinstance(e, sqlalchemy.exc.DBAPIError)
-                                         and e.connection_invalidated):
+        if isinstance(e, sqlalchemy.exc.DBAPIError):
+            if e.connection_invalidated:
+                return True
+            code = getattr(e.orig, "pgcode", None)
+            if code:
+                return code.startswith(_OUTAGE_SQLSTATES)
+            if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+                text = str(e.orig).lower()
+                return not any(marker in text for marker in _PERMANENT_TEXT)
+            return False
+        if isinstance(e, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
             return True
         e = e.__cause__ or e.__context__
     return False
 
 
-class ResilientRDBStorage(RDBStorage):
-    """RDBStorage that rides out database outages and fails orphaned trials reliably.
-
-    * Every storage call that fails because the database is unreachable is retried with
-      exponential backoff (logging while it waits) for up to ``outage_timeout`` seconds.
-    * Stale trials also include RUNNING trials that never recorded a heartbeat (their worker died
-      between creating the trial and its first heartbeat), once they have been seen for longer
-      than the grace period; plain Optuna never fails those.
-    * Right after an outage no trial is declared stale until a full grace period has passed, so
-      workers that were merely waiting for the database are not mistaken for dead ones.
-    """
-
-    def __init__(self, url: str, *, outage_timeout: float = 600.0, **kwargs: Any):
-        self.outage_timeout = outage_timeout
-        self._healthy_since = -float("inf")  # healthy from the start: reap orphans right away
-        self._first_seen_without_heartbeat: dict[int, float] = {}
-        self._last_stale_check = -float("inf")
-        self._outage_since: float | None = None  # when this process first saw the outage
-        self._outage_logged = 0.0
-        self._seen_lock = threading.Lock()
-        super().__init__(url, **kwargs)
-
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        del state["_seen_lock"]
-        return state
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        state["_seen_lock"] = threading.Lock()
-        super().__setstate__(state)
-
-    # One outage, however many threads (trial loop, heartbeat, reaper) notice it: one line when
-    # it starts, one every OUTAGE_LOG_EVERY seconds while it lasts, one when it is over.
-    def _outage_log(self, e: BaseException) -> None:
-        now = time.monotonic()
-        with self._seen_lock:
-            if self._outage_since is None:
-                self._outage_since = self._outage_logged = now
-                log.warning("database %s unreachable (%s); waiting for it to come back "
-                            "(up to %.0fs)", mask(self.url), _first_line(e), self.outage_timeout)
-            elif now - self._outage_logged >= OUTAGE_LOG_EVERY:
-                self._outage_logged = now
-                log.warning("database still unreachable after %.0fs (%s)",
-                            now - self._outage_since, _first_line(e))
-
-    def _outage_over(self) -> None:
-        now = time.monotonic()
-        with self._seen_lock:
-            if self._outage_since is not None:
-                log.warning("database %s reachable again after %.1fs; carrying on", mask(self.url),
-                            now - self._outage_since)
-                self._outage_since = None
-            self._healthy_since = now
-
-    def _grace(self) -> float:
-        return float(self.grace_period or 2 * (self.heartbeat_interval or 0))
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        # Optuna checks at every trial start; the worker's reaper thread checks every heartbeat
-        # interval anyway, so a trial start skips the check (three round trips) when one ran
-        # within the last interval.
-        now = time.monotonic()
-        if (threading.current_thread().name != REAPER_THREAD_NAME
-                and now - self._last_stale_check < (self.heartbeat_interval or 0)):
-            return []
-        self._last_stale_check = now
-        # After an outage, heartbeat threads (ours and other workers') may still be in a backoff
-        # sleep: give them the grace period plus the longest backoff before judging anyone.
-        if now - self._healthy_since < self._grace() + MAX_BACKOFF:
-            return []
-        stale = super()._get_stale_trial_ids(study_id)
-        with optuna.storages._rdb.storage._create_scoped_session(self.scoped_session) as session:
-            orphans = [t.trial_id for t in session.query(models.TrialModel)
-                       .filter(models.TrialModel.study_id == study_id)
-                       .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
-                       .filter(~models.TrialModel.heartbeats.any()).all()]
-        now = time.monotonic()
-        with self._seen_lock:
-            seen = {tid: self._first_seen_without_heartbeat.get(tid, now) for tid in orphans}
-            self._first_seen_without_heartbeat = seen
-        return stale + [tid for tid, first in seen.items() if now - first > self._grace()]
-
-
-def _retrying(method):
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        delay, waited = 0.5, 0.0
-        while True:
-            try:
-                result = method(self, *args, **kwargs)
-            except Exception as e:
-                if not _is_transient(e) or waited >= self.outage_timeout:
-                    raise
-                self._outage_log(e)
-                self._healthy_since = float("inf")  # no reaping while the database is away
-                time.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, MAX_BACKOFF)
-                continue
-            if waited:
-                self._outage_over()
-            return result
-
-    return wrapper
-
-
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     cause = getattr(e, "orig", None) or e.__cause__ or e
     text = str(cause).strip().splitlines()
     return text[0] if text else type(cause).__name__
 
 
-_RETRIED = [
+class Outage:
+    """This process's view of the database's health, shared by all its threads: one log line when
+    an outage starts, one every OUTAGE_LOG_EVERY seconds while it lasts, one when it is over."""
+
+    def __init__(self, url: str, timeout: float):
+        self.url, self.timeout = url, timeout
+        self._lock = threading.Lock()
+        self._waiting = 0  # storage calls now waiting for the database
+        self._since: float | None = None
+        self._logged = 0.0
+        self.ended_at = -float("inf")  # when the last outage ended (or a waiting call gave up)
+
+    def seen(self, e: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._since is None:
+                self._since = self._logged = now
+                log.warning("database %s unreachable (%s); waiting for it to come back "
+                            "(up to %.0fs)", mask(self.url), first_line(e), self.timeout)
+            elif now - self._logged >= OUTAGE_LOG_EVERY:
+                self._logged = now
+                log.warning("database still unreachable after %.0fs (%s)", now - self._since,
+                            first_line(e))
+
+    @contextlib.contextmanager
+    def waiting(self):
+        with self._lock:
+            self._waiting += 1
+        try:
+            yield
+        finally:  # however the call ended, this process's view of the outage moves on
+            now = time.monotonic()
+            with self._lock:
+                self._waiting -= 1
+                self.ended_at = now
+                if self._waiting == 0 and self._since is not None:
+                    log.warning("database %s reachable again after %.1fs; carrying on",
+                                mask(self.url), now - self._since)
+                    self._since = None
+
+    def quiet_for(self) -> float:
+        """Seconds since this process last waited for the database (0 while it waits)."""
+        with self._lock:
+            return 0.0 if self._waiting else time.monotonic() - self.ended_at
+
+
+# -- the one retry layer -------------------------------------------------------------------------
+
+_DELEGATED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
-    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_param",
-    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
-    "set_trial_system_attr", "get_trial", "get_all_trials", "get_best_trial",
-    "get_trial_user_attrs", "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
-    # Optuna's cached storage calls these private ones directly.
-    "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
-]
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
+    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+    "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial",
+    "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs", "record_heartbeat",
+)
+_OPTUNA_ERRORS = (KeyError, ValueError, optuna.exceptions.DuplicatedStudyError,
+                  optuna.exceptions.UpdateFinishedTrialError)
 
 
-for _name in _RETRIED:
-    setattr(ResilientRDBStorage, _name, _retrying(getattr(ResilientRDBStorage, _name)))
+class RetryingStorage(BaseStorage, BaseHeartbeat):
+    """Optuna's cached RDB storage with every public call retried through database outages.
 
+    The retry sits at this one layer: the wrapped storage's own calls are never retried again, so
+    a call gives up within ``outage_timeout`` plus one backoff step. ``on_claim`` is told the id
+    of every trial this process starts running (created RUNNING or taken from the queue), at the
+    moment it starts, so that its heartbeat begins before the sampler's (possibly slow) work.
+    """
+
+    def __init__(self, rdb: RDBStorage, outage_timeout: float):
+        self.rdb = rdb
+        self.url = rdb.url
+        self._inner = optuna.storages.get_storage(rdb)  # Optuna's trial cache over the RDB
+        self.outage = Outage(rdb.url, outage_timeout)
+        self.on_claim: Callable[[int, bool], None] | None = None  # (trial id, freshly created)
+        self.stale_trial_ids: Callable[[int], list[int]] | None = None  # set by hpo.reaper
+        self._local = threading.local()
+
+    @property
+    def engine(self) -> sqlalchemy.engine.Engine:
+        return self.rdb.engine
+
+    def call(self, method: Callable, *args, **kwargs):
+        if getattr(self._local, "inside", False):  # nested: the outer call does the retrying
+            return method(*args, **kwargs)
+        self._local.inside = True
+        try:
+            return self._retry(method, *args, **kwargs)
+        finally:
+            self._local.inside = False
+
+    def _retry(self, method: Callable, *args, **kwargs):
+        start, delay = time.monotonic(), FIRST_BACKOFF
+        waiting = None
+        try:
+            while True:
+                try:
+                    return method(*args, **kwargs)
+                except _OPTUNA_ERRORS:
+                    raise  # Optuna's own signals (no such study, finished trial): not ours
+                except Exception as e:
+                    if not is_outage(e):
+                        if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error,
+                                          optuna.exceptions.StorageInternalError)):
+                            raise StorageError(f"database {mask(self.url)}: {first_line(e)}") from e
+                        raise
+                    waited = time.monotonic() - start
+                    if waited >= self.outage.timeout:
+                        raise DatabaseUnavailable(
+                            f"database {mask(self.url)} unreachable for {waited:.0f}s, longer "
+                            f"than the outage timeout ({self.outage.timeout:g}s): "
+                            f"{first_line(e)}; giving up") from None
+                    if waiting is None:
+                        waiting = self.outage.waiting()
+                        waiting.__enter__()
+                    self.outage.seen(e)
+                    time.sleep(min(delay, max(0.05, self.outage.timeout - waited)))
+                    delay = min(delay * 2, MAX_BACKOFF)
+        finally:
+            if waiting is not None:
+                waiting.__exit__(None, None, None)
+
+    # Trials this process starts running: the heartbeat starts with them.
+    def create_new_trial(self, study_id: int, template_trial=None) -> int:
+        trial_id = self.call(self._inner.create_new_trial, study_id, template_trial)
+        if template_trial is None or template_trial.state == TrialState.RUNNING:
+            self._claimed(trial_id, fresh=True)
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        changed = self.call(self._inner.set_trial_state_values, trial_id, state, values)
+        if changed and state == TrialState.RUNNING:  # a waiting trial taken from the queue
+            self._claimed(trial_id, fresh=False)
+        return changed
+
+    def _claimed(self, trial_id: int, fresh: bool) -> None:
+        if self.get_heartbeat_interval():
+            self.record_heartbeat(trial_id)
+        if self.on_claim is not None:
+            self.on_claim(trial_id, fresh)
+
+    # The heartbeat interface Optuna's fail_stale_trials uses.
+    def get_heartbeat_interval(self) -> int | None:
+        return self.rdb.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.rdb.get_heartbeat_stale_trial_callback()
+
+    def grace_period(self) -> float:
+        return float(self.rdb.grace_period or 2 * (self.get_heartbeat_interval() or 0))
+
+    # Private in Optuna's BaseHeartbeat, but abstract there: fail_stale_trials asks it which
+    # trials to fail. hpo.reaper supplies the answer (tests/test_optuna_contract.py).
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self.stale_trial_ids is not None:
+            return self.stale_trial_ids(study_id)
+        return self.call(self.rdb._get_stale_trial_ids, study_id)
+
+    def remove_session(self) -> None:
+        self._inner.remove_session()
+
+    def dispose(self) -> None:
+        """Release this process's connections now, not at interpreter exit."""
+        self.rdb.engine.dispose()
+
+
+def _delegate(name: str):
+    def method(self, *args, **kwargs):
+        return self.call(getattr(self._inner, name), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in _DELEGATED:
+    setattr(RetryingStorage, _name, _delegate(_name))
+abc.update_abstractmethods(RetryingStorage)
+
+
+# -- opening ------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def _schema_lock(url: str, parsed: sqlalchemy.engine.URL):
@@ -231,12 +327,11 @@ def _schema_lock(url: str, parsed: sqlalchemy.engine.URL):
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                       connect_args=engine_kwargs(parsed)["connect_args"])
     try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+        # A transaction-scoped lock: it holds one server connection for the transaction, so it
+        # also works through a transaction-pooling PgBouncer, and ends with the transaction.
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            yield
     finally:
         engine.dispose()
 
@@ -245,32 +340,36 @@ _LOCK_KEY = 0x6870_6F5F  # "hpo_": any constant shared by all hpo processes
 
 
 def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace: int | None = None,
-                 outage_timeout: float = 600.0) -> ResilientRDBStorage:
+                 outage_timeout: float = 600.0) -> RetryingStorage:
     """Connect to the study database, failing with one line if it is unreachable or refuses us.
 
     With ``heartbeat`` set, trials of dead workers are failed after ``grace`` seconds and queued
     again (keeping their user attributes, hence their checkpoint) by Optuna's retry callback.
     """
     url = resolve_url(flag)
-    parsed = _parse(url)
+    parsed = parse_url(url)
     if parsed.drivername == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database)
         if not path.parent.exists():
             raise HpoError(f"storage {url!r}: folder {str(path.parent)!r} does not exist")
-        with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block writers
-            conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block
+                conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise HpoError(f"cannot open storage {url}: {e}") from None
     try:
         with _schema_lock(url, parsed):
-            return ResilientRDBStorage(
-                url, engine_kwargs=engine_kwargs(parsed), outage_timeout=outage_timeout,
-                heartbeat_interval=heartbeat, grace_period=grace,
+            rdb = RDBStorage(
+                url, engine_kwargs=engine_kwargs(parsed), heartbeat_interval=heartbeat,
+                grace_period=grace,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                     max_retry=3, inherit_intermediate_values=True) if heartbeat else None)
     except Exception as e:
         if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
-                          sqlite3.Error)) or _is_transient(e):
-            raise HpoError(f"cannot open storage {mask(url)}: {_first_line(e)}") from None
+                          sqlite3.Error)) or is_outage(e):
+            raise HpoError(f"cannot open storage {mask(url)}: {first_line(e)}") from None
         raise
+    return RetryingStorage(rdb, outage_timeout)
 
 
 def artifact_dir(flag: str | None, storage_url: str) -> Path:

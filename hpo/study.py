@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -19,15 +20,16 @@ from hpo.config import config_from_document, load_json
 from hpo.data import check_dataset_name
 from hpo.errors import HpoError
 from hpo.notes import write_stage_note
+from hpo.objectives import parse_objectives
 from search_spaces import DEFAULTS, Stage, get_stage
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = ("accuracy", "accuracy,time", "accuracy,params")
-METRIC_NAMES = {"accuracy": ["accuracy"], "accuracy,time": ["accuracy", "seconds"],
-                "accuracy,params": ["accuracy", "parameters"]}
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
+SETUP_WAIT = 60.0  # seconds a joining worker waits for the creating worker to finish set-up
+FOREIGN_WAIT = 3.0  # with no sign of an hpo creator by then, the study was made outside hpo
 
 
 @dataclasses.dataclass
@@ -41,17 +43,24 @@ class Settings:
     val_fraction: float = 0.1
     split_seed: int = 0
     seed: int = 0
-    n_trials: int = 30
+    n_trials: int = 30  # the study-wide budget; raised with hpo create-study --update
     sampler: str = "tpe"
     pruner: str = "median"
     objectives: str = "accuracy"
+    bf16: bool = False  # bf16 autocast: a property of the results, so of the study
+    matmul_precision: str = "highest"
+
+
+SETTING_FLAGS = ("dataset", "epochs", "train_size", "val_fraction", "seed", "n_trials", "sampler",
+                 "pruner", "objectives", "bf16", "matmul_precision")
 
 
 def settings_flags(args) -> dict[str, Any]:
     """The Settings fields a command line gave (None where it did not)."""
-    names = ("dataset", "epochs", "train_size", "val_fraction", "seed", "n_trials", "sampler",
-             "pruner", "objectives")
-    return {name: getattr(args, name) for name in names}
+    flags = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    if flags["bf16"] is False:  # a store_true flag not given
+        flags["bf16"] = None
+    return flags
 
 
 def check_choice(kind: str, value: str, valid: tuple[str, ...]) -> str:
@@ -60,29 +69,53 @@ def check_choice(kind: str, value: str, valid: tuple[str, ...]) -> str:
     return value
 
 
-def directions(objectives: str) -> list[str]:
-    check_choice("objectives", objectives, OBJECTIVES)
-    return ["maximize"] + ["minimize"] * (objectives.count(",") > 0)
+def check_flags(flags: dict[str, Any]) -> None:
+    """Values that are wrong whatever the study: checked before anything is stored."""
+    for kind, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS),
+                        ("matmul_precision", MATMUL_PRECISIONS)):
+        if flags.get(kind) is not None:
+            check_choice(kind.replace("_", "-"), flags[kind], valid)
+    if flags.get("objectives") is not None:
+        objectives = parse_objectives(flags["objectives"])
+        if not objectives.single and flags.get("pruner") not in (None, "none"):
+            raise HpoError(f"--pruner {flags['pruner']} is invalid with --objectives "
+                           f"{objectives.name}; allowed: none (Optuna's pruners are "
+                           "single-objective)")
+    for name, least in (("n_trials", 0), ("epochs", 1), ("train_size", 1)):
+        if flags.get(name) is not None and flags[name] < least:
+            raise HpoError(f"--{name.replace('_', '-')} {flags[name]} is invalid; allowed: "
+                           f"{least} or more")
+    if flags.get("val_fraction") is not None and not 0 < flags["val_fraction"] < 1:
+        raise HpoError(f"--val-fraction {flags['val_fraction']} is invalid; allowed: 0 < f < 1")
+    if flags.get("dataset") is not None:
+        check_dataset_name(flags["dataset"])
 
 
-def resolve_settings(stage: Stage, stored: dict[str, Any], flags: dict[str, Any]) -> Settings:
-    """Flags (None = not given) over stored study settings over the stage's defaults."""
-    base = dataclasses.asdict(Settings(stage=stage.name, epochs=stage.epochs, n_trials=stage.n_trials))
-    base.update({k: v for k, v in stored.items() if k in base})
-    for key, value in flags.items():
-        if value is None or key not in base:
-            continue
-        if key in stored and stored[key] != value and key not in ("n_trials",):
-            raise HpoError(f"study was created with {key.replace('_', '-')}={stored[key]!r}; "
-                           f"got {value!r} (start a new study to change it)")
-        base[key] = value
-    settings = Settings(**base)
-    if not 0 < settings.val_fraction < 1:
-        raise HpoError(f"--val-fraction {settings.val_fraction} is invalid; allowed: 0 < f < 1")
-    check_choice("sampler", settings.sampler, SAMPLERS)
-    check_choice("pruner", settings.pruner, PRUNERS)
-    check_choice("objectives", settings.objectives, OBJECTIVES)
+def new_settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any]) -> Settings:
+    """A new study's settings: flags over the stage's defaults."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings = Settings(**{"stage": stage.name, "epochs": stage.epochs,
+                           "n_trials": stage.n_trials, **given})
+    if not parse_objectives(settings.objectives).single:
+        settings.pruner = "none"
+    if settings.sampler == "grid" and flags.get("n_trials") is None:
+        settings.n_trials = grid_size(stage, frozen)  # every point once
     return settings
+
+
+def joined_settings(study_name: str, stored: dict[str, Any], flags: dict[str, Any]) -> Settings:
+    """An existing study's settings; a flag that contradicts them is refused, naming both."""
+    for key, value in flags.items():
+        if value is None or key not in stored or stored[key] == value:
+            continue
+        if key == "n_trials":
+            raise HpoError(f"study {study_name!r} has a budget of {stored[key]} trials; got "
+                           f"--n-trials {value} (change it for every worker with: hpo "
+                           f"create-study --study {study_name} --n-trials {value} --update)")
+        raise HpoError(f"study {study_name!r} was created with {key.replace('_', '-')}="
+                       f"{stored[key]!r}; got {value!r} (start a new study to change it)")
+    known = {f.name for f in dataclasses.fields(Settings)}
+    return Settings(**{k: v for k, v in stored.items() if k in known})
 
 
 def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file: str | None
@@ -97,69 +130,127 @@ def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file:
         return dict(DEFAULTS), {"defaults": True, "reason": f"{stage.name} builds on no stage"}
     names = {s.study_name for s in storage.get_all_studies()}
     if predecessor not in names:
+        if after:
+            raise HpoError(f"--after {after!r}: no such study; studies here: "
+                           f"{', '.join(sorted(names)) or 'none'}")
         return dict(DEFAULTS), {"defaults": True, "reason": f"no study {predecessor!r}"}
     prev = optuna.load_study(study_name=predecessor, storage=storage)
-    done = [t for t in prev.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "config" in t.user_attrs]
-    if not done:
+    best = best_complete_trial(prev)
+    if best is None:
         return dict(DEFAULTS), {"defaults": True, "reason": f"{predecessor!r} has no finished trial"}
-    best = max(done, key=lambda t: t.values[0])
     log.info("freezing everything %s does not search to %s trial %d (value %.4f)",
              stage.name, predecessor, best.number, best.values[0])
     return dict(best.user_attrs["config"]), {"study": predecessor, "trial": best.number,
                                              "value": best.values[0]}
 
 
+def best_complete_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The COMPLETE trial with a stored config and the highest first objective (ties: the
+    earlier trial), or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.values and "config" in t.user_attrs]
+    return max(done, key=lambda t: (t.values[0], -t.number)) if done else None
+
+
+def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
+    """A joining worker waits for the marker the creating worker writes last; None for a study
+    created outside hpo (plain Optuna, e.g. to enqueue known configurations), to be set up."""
+    start = time.monotonic()
+    while True:
+        stored = study.user_attrs
+        if "stage" in stored:
+            return stored
+        if "setting_up" not in stored and time.monotonic() - start > FOREIGN_WAIT:
+            return None
+        if time.monotonic() - start > SETUP_WAIT:
+            raise HpoError(f"study {study.study_name!r} exists but its set-up never finished "
+                           f"(the creating worker died?); delete it or use another study name")
+        time.sleep(0.5)
+
+
 def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any],
                after: str | None = None, from_file: str | None = None
                ) -> tuple[optuna.Study, Stage, Settings, dict[str, Any]]:
-    """Create or join a study; return it with its stage, settings and frozen base config."""
-    objectives = flags.get("objectives") or "accuracy"
+    """Create or join a study; return it with its stage, settings and frozen base config.
+
+    Exactly one worker creates the study (Optuna's unique study name decides which); it writes
+    the settings and the frozen base, and the marker ``stage`` last. Every other worker waits for
+    that marker, then must agree with the stored settings.
+    """
+    check_flags(flags)
     existing = {s.study_name: s for s in storage.get_all_studies()}
-    stored = dict(existing[study_name].user_attrs) if study_name in existing else {}
-    stage_name = space or stored.get("stage") or study_name
-    if stored.get("stage") and space and space != stored["stage"]:
-        raise HpoError(f"study {study_name!r} searches stage {stored['stage']!r}, not {space!r}")
-    stage = get_stage(stage_name)
-    # Checked before create_study, so that a failing command leaves no empty study behind.
-    for kind, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        if flags.get(kind) is not None:
-            check_choice(kind, flags[kind], valid)
-    if flags.get("dataset") is not None:
-        check_dataset_name(flags["dataset"])
-    if from_file and "frozen_config" not in stored:
-        config_from_document(load_json(from_file), from_file)
-    if study_name in existing and "objectives" in stored:
-        objectives = stored["objectives"]
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
-                                directions=directions(objectives))
-    stored = study.user_attrs
-    settings = resolve_settings(stage, stored.get("settings", {}), {**flags, "objectives": objectives})
-    if "frozen_config" in stored:
-        frozen = stored["frozen_config"]
-        if from_file or after:
-            log.warning("study %r already has its frozen base (from %s); --from/--after ignored",
-                        study_name, stored.get("frozen_from"))
-    else:
+    stored_stage = existing[study_name].user_attrs.get("stage") if study_name in existing else None
+    if stored_stage and space and space != stored_stage:
+        raise HpoError(f"study {study_name!r} searches stage {stored_stage!r}, not {space!r}")
+    stage = get_stage(space or stored_stage or study_name)
+    if study_name not in existing:
+        # Checked before create_study, so that a failing command leaves no study behind.
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file)
-        # Marker last: a worker that sees "stage" also sees everything written before it.
-        study.set_user_attr("frozen_config", frozen)
-        study.set_user_attr("frozen_from", origin)
-        study.set_user_attr("settings", dataclasses.asdict(settings))
-        study.set_user_attr("builds_on", after or stage.builds_on)
-        study.set_user_attr("description", stage.description)
-        study.set_user_attr("objectives", objectives)
-        study.set_user_attr("stage", stage.name)
-        with warnings.catch_warnings():  # experimental in Optuna, stable enough for labels
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(METRIC_NAMES[objectives])  # axis labels in the dashboard
-        write_stage_note(study, stage, origin, frozen)
-        if origin.get("defaults"):
-            # Expected for a first stage; worth a warning when a predecessor was meant to exist.
-            level = logging.INFO if (after or stage.builds_on) is None else logging.WARNING
-            log.log(level, "%s: %s; using the documented defaults (search_spaces/_stage.py "
-                    "DEFAULTS)", study_name, origin["reason"])
-    return study, stage, settings, frozen
+        settings = new_settings(stage, flags, frozen)
+        objectives = parse_objectives(settings.objectives)
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage,
+                                        directions=list(objectives.directions))
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another worker created it a moment ago: join it below
+        else:
+            _set_up(study, stage, settings, frozen, origin, after)
+            return study, stage, settings, frozen
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    stored = _wait_for_setup(study)
+    if stored is None:
+        log.info("study %r was created outside hpo; setting it up as stage %s", study_name,
+                 stage.name)
+        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file)
+        settings = new_settings(stage, flags, frozen)
+        _set_up(study, stage, settings, frozen, origin, after)
+        return study, stage, settings, frozen
+    settings = joined_settings(study_name, stored["settings"], flags)
+    if from_file or after:
+        log.warning("study %r already has its frozen base (from %s); --from/--after ignored",
+                    study_name, stored.get("frozen_from"))
+    return study, stage, settings, stored["frozen_config"]
+
+
+def _set_up(study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
+            origin: dict[str, Any], after: str | None) -> None:
+    study.set_user_attr("setting_up", True)  # joiners: wait for "stage" rather than adopt it
+    study.set_user_attr("frozen_config", frozen)
+    study.set_user_attr("frozen_from", origin)
+    study.set_user_attr("settings", dataclasses.asdict(settings))
+    study.set_user_attr("builds_on", after or stage.builds_on)
+    study.set_user_attr("description", stage.description)
+    study.set_user_attr("objectives", settings.objectives)
+    with warnings.catch_warnings():  # experimental in Optuna, stable enough for labels
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(parse_objectives(settings.objectives).metric_names))
+    write_stage_note(study, stage, origin, frozen)
+    study.set_user_attr("stage", stage.name)  # the marker, last: joiners wait for it
+    if origin.get("defaults"):
+        # Expected for a first stage; worth a warning when a predecessor was meant to exist.
+        level = logging.INFO if (after or stage.builds_on) is None else logging.WARNING
+        log.log(level, "%s: %s; using the documented defaults (search_spaces/_stage.py "
+                "DEFAULTS)", study.study_name, origin["reason"])
+
+
+def update_budget(storage, study_name: str, n_trials: int) -> tuple[int, int]:
+    """Set an existing study's budget (running workers pick it up); (old, new)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    settings = dict(study.user_attrs.get("settings") or {})
+    if not settings:
+        raise HpoError(f"study {study_name!r} was not created by hpo; it has no budget to update")
+    old = settings["n_trials"]
+    settings["n_trials"] = n_trials
+    study.set_user_attr("settings", settings)
+    return old, n_trials
+
+
+class GridUntilBudget(optuna.samplers.GridSampler):
+    """Optuna's grid sampler minus its stop at the grid's end: study.stop works only inside
+    study.optimize, and the worker loop stops on the budget, which is the grid's size."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed: int | None):
@@ -170,7 +261,7 @@ def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(stage.grid(frozen), seed=seed)
+        return GridUntilBudget(stage.grid(frozen), seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)

@@ -48,13 +48,93 @@ class FitResult:
     def best_val_acc(self) -> float:
         return max((m.val_acc for m in self.history), default=0.0)
 
+    @property
+    def final_val_acc(self) -> float:
+        """The last epoch's validation accuracy: that of the weights in ``model``."""
+        return self.history[-1].val_acc if self.history else 0.0
+
     def history_dicts(self) -> list[dict[str, float]]:
         return [dataclasses.asdict(m) for m in self.history]
 
 
 # on_epoch(metrics, checkpoint) may raise to stop the run (a pruner does); checkpoint() returns
-# everything needed to resume after that epoch.
+# everything needed to resume after that epoch, in host memory (see snapshot()).
 EpochCallback = Callable[[EpochMetrics, Callable[[], dict[str, Any]]], None]
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+
+
+def configure_backend(device: torch.device | str, matmul_precision: str = "highest") -> None:
+    """Process-wide backend settings for training on ``device``; callers (worker, hpo train) call
+    it once before fit().
+
+    On CUDA, cuDNN benchmarks its convolution algorithms once per input shape and keeps the
+    fastest: the shapes here are fixed. ``matmul_precision`` is float32 matmul precision:
+    "highest" is true float32, "high" allows TF32, "medium" bfloat16.
+    """
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise HpoError(f"unknown matmul precision {matmul_precision!r}; valid: "
+                       f"{', '.join(MATMUL_PRECISIONS)}")
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision(matmul_precision)
+
+
+def host_copy(obj: Any) -> Any:
+    """A deep copy of ``obj`` with every tensor copied (detached) into host memory.
+
+    Containers keep their types (a MultiStepLR's Counter stays a Counter) and tensors appearing
+    twice stay shared. Device tensors are never duplicated on the device.
+    """
+    memo: dict[int, Any] = {}
+
+    def collect(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            if id(o) not in memo:
+                memo[id(o)] = o.detach().to("cpu", copy=True)
+        elif isinstance(o, dict):
+            for v in o.values():
+                collect(v)
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            for v in o:
+                collect(v)
+
+    collect(obj)
+    return copy.deepcopy(obj, memo)  # the tensors come from memo: deepcopy never sees them
+
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+             history: list[EpochMetrics], seconds: float, device: torch.device) -> dict[str, Any]:
+    """Everything needed to resume after the last epoch in ``history``, in host memory and
+    independent of the live (still training) weights."""
+    return host_copy({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": [dataclasses.asdict(m) for m in history], "seconds": seconds,
+        "rng_cpu": torch.get_rng_state(),  # a CPU ByteTensor
+        # also a CPU ByteTensor, whatever the device
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    })
+
+
+def restore(resume: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler, device: torch.device) -> tuple[list[EpochMetrics], float]:
+    """Load a snapshot() (as read back by hpo.checkpoints, on the CPU) into a model and optimizer
+    already on ``device``; returns (history, seconds so far).
+
+    Model and optimizer state go to wherever the parameters live: load_state_dict copies into the
+    parameters, and Optimizer.load_state_dict casts each state tensor to its parameter's device
+    and floating dtype (its "step" stays put unless capturable/fused, as torch wants). The RNG
+    states stay CPU ByteTensors, the only thing torch.(cuda.)set_rng_state accepts.
+    """
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    if scheduler is not None and resume.get("scheduler") is not None:
+        scheduler.load_state_dict(resume["scheduler"])
+    torch.set_rng_state(resume["rng_cpu"].cpu())
+    if device.type == "cuda" and resume.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(resume["rng_cuda"].cpu(), device)
+    return [EpochMetrics(**m) for m in resume["history"]], resume.get("seconds", 0.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,8 +205,10 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
     """Train config on data.train, validating on data.val after every epoch.
 
     Same seed and data on the CPU give the same metrics. A NaN/inf loss ends the run with status
-    "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``. Setting
-    ``stop`` raises Interrupted at the next batch.
+    "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``, with its
+    tensors on the CPU (hpo.checkpoints.CheckpointStore.load reads it back so); restore() moves
+    it to the device. Setting ``stop`` raises Interrupted at the next batch. Backend settings
+    (configure_backend) are the caller's.
     """
     device = data.device
     torch.manual_seed(config.seed)
@@ -138,25 +220,13 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
     history: list[EpochMetrics] = []
     start_epoch, elapsed = 0, 0.0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None and resume.get("scheduler") is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        history = [EpochMetrics(**m) for m in resume["history"]]
-        start_epoch, elapsed = len(history), resume.get("seconds", 0.0)
-        torch.set_rng_state(resume["rng_cpu"])
-        if device.type == "cuda" and resume.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng_cuda"], device)
+        history, elapsed = restore(resume, model, optimizer, scheduler, device)
+        start_epoch = len(history)
 
     def checkpoint() -> dict[str, Any]:
-        # A snapshot: state_dict() tensors alias the live weights, which keep training.
-        return copy.deepcopy({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "history": [dataclasses.asdict(m) for m in history], "seconds": elapsed,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        })
+        # A copy in host memory: state_dict() tensors alias the live weights, which keep training,
+        # and a copy on the GPU would cost device memory and tie the checkpoint to the device.
+        return snapshot(model, optimizer, scheduler, history, elapsed, device)
 
     params = count_parameters(model)
     status, reason = "completed", ""

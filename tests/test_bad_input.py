@@ -88,7 +88,13 @@ def test_out_of_memory_is_a_recorded_failure_and_the_worker_goes_on(small_data, 
                                                                     monkeypatch):
     from optuna.artifacts import FileSystemArtifactStore
 
-    from hpo import objective as objective_module
+    import threading
+
+    from hpo import runner as runner_module
+    from hpo.artifacts import ArtifactPublisher
+    from hpo.checkpoints import CheckpointStore
+    from hpo.loop import told_state
+    from hpo.objectives import ACCURACY
     from search_spaces import get_stage, DEFAULTS
 
     calls = []
@@ -97,12 +103,16 @@ def test_out_of_memory_is_a_recorded_failure_and_the_worker_goes_on(small_data, 
         calls.append(config)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(objective_module, "fit", fake_fit)
+    monkeypatch.setattr(runner_module, "fit", fake_fit)
     store = FileSystemArtifactStore(str(tmp_path))
-    objective = objective_module.Objective(get_stage("stage1_layers"), dict(DEFAULTS), 1, 0,
-                                           small_data, store)
+    spec = runner_module.TrialSpec(get_stage("stage1_layers"), dict(DEFAULTS), 1, 0, ACCURACY,
+                                   prunable=True)
+    runner = runner_module.TrialRunner(spec, small_data, CheckpointStore(store),
+                                       ArtifactPublisher(store), threading.Event())
     study = optuna.create_study(direction="maximize")
-    study.optimize(objective, n_trials=2, catch=(objective_module.TrialFailed,))
+    for _ in range(2):
+        trial = study.ask()
+        study.tell(trial, state=told_state(runner.run(trial).ending))
     assert len(calls) == 2  # the first failure did not stop the loop
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all("out of memory" in t.user_attrs["end_reason"] for t in study.trials)

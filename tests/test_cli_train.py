@@ -29,7 +29,7 @@ def test_cli_train_end_to_end(tmp_path):
     assert "Traceback" not in r.stderr
     assert re.search(r"^epoch 1/1 ", r.stdout, re.M)  # --epochs overrides the config's 5
     assert "epoch 2/" not in r.stdout
-    val = re.search(r"^validation accuracy (\d\.\d{4}) \(best epoch\), (\d\.\d{4}) \(last epoch\)$",
+    val = re.search(r"^validation accuracy (\d\.\d{4}) \(last epoch: these weights; best epoch (\d\.\d{4})\)$",
                     r.stdout, re.M)
     test = re.search(r"^test accuracy (\d\.\d{4})$", r.stdout, re.M)
     assert val and test, r.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import threading
@@ -14,7 +15,8 @@ from hpo.config import OPTIMIZERS, SCHEDULERS, from_dict
 from hpo.data import DeviceData
 from hpo.errors import HpoError
 from hpo.model import build_model, count_parameters, penalised_weights
-from hpo.train import Interrupted, evaluate, fit, make_optimizer, make_scheduler, resolve_device
+from hpo.train import (MATMUL_PRECISIONS, Interrupted, configure_backend, evaluate, fit, host_copy,
+                       make_optimizer, make_scheduler, resolve_device, restore, snapshot)
 
 TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
 
@@ -274,3 +276,176 @@ def test_train_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(HpoError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def tensors(obj):
+    """Every tensor in a nest of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors(v)
+
+
+def test_train_checkpoint_is_a_host_copy_independent_of_live_weights(tiny_data):
+    config = tiny(epochs=2, optimizer="adam", conv_batchnorm=True, scheduler="step", step_size=1)
+    saved = {}
+
+    def keep(m, checkpoint):
+        if m.epoch == 1:
+            saved["ckpt"] = checkpoint()
+            buffer = io.BytesIO()
+            torch.save(checkpoint(), buffer)
+            saved["bytes"] = buffer.getvalue()
+
+    result = fit(config, tiny_data, on_epoch=keep)
+    ckpt, then = saved["ckpt"], torch.load(io.BytesIO(saved["bytes"]), weights_only=False)
+    assert set(ckpt) == {"model", "optimizer", "scheduler", "history", "seconds", "rng_cpu",
+                         "rng_cuda"}
+    assert all(t.device.type == "cpu" for t in tensors(ckpt))
+    assert ckpt["rng_cpu"].dtype == torch.uint8 and ckpt["rng_cuda"] is None
+    live = {t.untyped_storage().data_ptr() for t in tensors(result.model.state_dict())}
+    assert not live & {t.untyped_storage().data_ptr() for t in tensors(ckpt)}
+    # the live weights trained on for another epoch; the snapshot did not move with them
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, then["model"][k]), k
+    assert not torch.equal(ckpt["model"]["0.weight"], result.model.state_dict()["0.weight"])
+    assert [m["epoch"] for m in ckpt["history"]] == [1]
+
+
+def test_train_snapshot_of_device_state_lands_on_host(monkeypatch):
+    """Model and optimizer state on cuda:0 (fake tensors: no GPU needed) are copied to the CPU,
+    not duplicated on the device; both RNG states are CPU ByteTensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    config = tiny(optimizer="adam", conv_batchnorm=True, scheduler="multistep", milestones=[1, 3])
+    with FakeTensorMode():
+        with torch.device("cuda"):
+            model = build_model(config)
+        optimizer = make_optimizer(config, model.parameters())
+        for p in model.parameters():
+            optimizer.state[p] = {"step": torch.tensor(1.0, device="cpu"),
+                                  "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    scheduler = make_scheduler(config, optimizer)
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    calls = []
+    def get_rng_state(device="cuda"):  # the real one returns a CPU ByteTensor too
+        calls.append(device)
+        return torch.zeros(16, dtype=torch.uint8)
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+    state = snapshot(model, optimizer, scheduler, [], 0.0, torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
+    assert {t.device.type for t in tensors(state["model"])} == {"cpu"}
+    assert {t.device.type for t in tensors(state["optimizer"])} == {"cpu"}
+    for key in ("rng_cpu", "rng_cuda"):
+        assert state[key].device.type == "cpu" and state[key].dtype == torch.uint8, key
+    assert isinstance(state["scheduler"]["milestones"], collections.Counter)
+
+
+def test_train_host_copy_keeps_types_and_sharing():
+    shared = torch.arange(3.0, requires_grad=True)
+    obj = {"a": [shared, (shared, 2)], "c": collections.Counter({5: 1}), "n": None}
+    out = host_copy(obj)
+    assert out["a"][0] is out["a"][1][0] and out["a"][0] is not shared
+    assert not out["a"][0].requires_grad and torch.equal(out["a"][0], shared.detach())
+    assert isinstance(out["a"][1], tuple) and out["a"][1][1] == 2
+    assert isinstance(out["c"], collections.Counter) and out["c"] is not obj["c"]
+    shared.data.add_(1)
+    assert torch.equal(out["a"][0], torch.arange(3.0))
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter:UserWarning")
+@pytest.mark.parametrize("rng_on", ["cpu", "device"])
+def test_train_restore_moves_state_to_the_device_and_keeps_rng_on_cpu(tiny_data, monkeypatch,
+                                                                       rng_on):
+    """A CPU checkpoint restored for a CUDA worker: model and optimizer state go to where the
+    parameters live (meta stands in for the GPU), the RNG states to torch as CPU ByteTensors,
+    even from a checkpoint read with map_location=<device> (rng_on="device": fake cuda:0 tensors,
+    as the old loader gave; torch.set_rng_state refuses them)."""
+    config = tiny(optimizer="adam", scheduler="step", step_size=1)
+    saved = {}
+    fit(config, tiny_data, on_epoch=lambda m, checkpoint: saved.update(ckpt=checkpoint()))
+    ckpt = host_copy(saved["ckpt"])
+    ckpt["rng_cuda"] = torch.arange(16, dtype=torch.uint8)  # as if written by a CUDA run
+    if rng_on == "device":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            for key in ("rng_cpu", "rng_cuda"):
+                ckpt[key] = ckpt[key].to("cuda")
+        assert ckpt["rng_cpu"].device.type == ckpt["rng_cuda"].device.type == "cuda"
+    model = build_model(config).to("meta")
+    optimizer = make_optimizer(config, model.parameters())
+    scheduler = make_scheduler(config, optimizer)
+    cpu_rng, cuda_rng = [], []
+    monkeypatch.setattr(torch, "set_rng_state", cpu_rng.append)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": cuda_rng.append((state, device)))
+    history, seconds = restore(ckpt, model, optimizer, scheduler, torch.device("cuda", 0))
+    assert [m.epoch for m in history] == [1] and seconds == ckpt["seconds"]
+    assert [(s.device.type, s.dtype) for s in cpu_rng] == [("cpu", torch.uint8)]
+    if rng_on == "cpu":
+        assert torch.equal(cpu_rng[0], ckpt["rng_cpu"])
+    [(state, device)] = cuda_rng
+    assert (state.device.type, state.dtype, device) == ("cpu", torch.uint8, torch.device("cuda", 0))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    moments = [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
+    assert moments and {t.device.type for t in moments} == {"meta"}
+    # Adam's step count stays a CPU scalar unless capturable/fused, as torch expects
+    assert {s["step"].device.type for s in optimizer.state.values()} == {"cpu"}
+    assert scheduler.last_epoch == 1 and optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_train_restore_skips_cuda_rng_off_cuda(tiny_data, monkeypatch):
+    saved = {}
+    fit(tiny(), tiny_data, on_epoch=lambda m, checkpoint: saved.update(ckpt=checkpoint()))
+    saved["ckpt"]["rng_cuda"] = torch.zeros(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a: pytest.fail("CUDA RNG touched"))
+    model = build_model(tiny())
+    optimizer = make_optimizer(tiny(), model.parameters())
+    restore(saved["ckpt"], model, optimizer, None, torch.device("cpu"))
+
+
+def test_train_final_val_acc_is_last_epoch(tiny_data, monkeypatch):
+    fake_evaluate(monkeypatch, [0.5, 0.7, 0.6])
+    result = fit(tiny(epochs=3), tiny_data)
+    assert result.best_val_acc == 0.7 and result.final_val_acc == 0.6
+    assert dataclasses.replace(result, history=[]).final_val_acc == 0.0
+
+
+@pytest.fixture
+def backend_settings(monkeypatch):
+    """configure_backend changes process-wide settings: put them back."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    precision = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(precision)
+
+
+def test_train_configure_backend_rejects_unknown_precision(backend_settings):
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(HpoError) as e:
+        configure_backend(torch.device("cpu"), "fast")
+    message = str(e.value)
+    assert "'fast'" in message and "highest, high, medium" in message and "\n" not in message
+    assert torch.get_float32_matmul_precision() == before  # nothing changed
+    assert MATMUL_PRECISIONS == ("highest", "high", "medium")
+
+
+@pytest.mark.parametrize("precision", MATMUL_PRECISIONS)
+def test_train_configure_backend_cpu(backend_settings, precision):
+    configure_backend(torch.device("cpu"), precision)
+    assert torch.get_float32_matmul_precision() == precision
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_train_configure_backend_cuda_benchmarks_cudnn(backend_settings):
+    configure_backend(torch.device("cuda", 0), "high")  # a device name needs no GPU to exist
+    assert torch.backends.cudnn.benchmark is True
+    assert torch.get_float32_matmul_precision() == "high"
+    configure_backend("cuda")  # as a string, default precision
+    assert torch.get_float32_matmul_precision() == "highest"

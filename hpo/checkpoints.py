@@ -1,0 +1,78 @@
+"""Resumable training state kept in an Optuna artifact store, always read back into host memory.
+
+A checkpoint is written by one worker and may be read by another on a different device (a retried
+trial can land on a CPU-only machine or on another GPU index), so loading never honours the
+device the tensors were saved from: everything comes back on the CPU, and the trainer
+(``hpo.train.fit(resume=...)``) moves model and optimizer state to its own device. The RNG states
+must stay CPU ByteTensors anyway: ``torch.set_rng_state`` and ``torch.cuda.set_rng_state`` accept
+nothing else.
+
+Knows nothing of trials: the caller names the artifact.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointStore:
+    """save/load/remove of a state dict under an artifact id, over an Optuna artifact store.
+
+    ``artifact_store`` is anything with ``write(artifact_id, BytesIO)``,
+    ``open_reader(artifact_id)`` and ``remove(artifact_id)``, e.g.
+    ``optuna.artifacts.FileSystemArtifactStore``.
+    """
+
+    def __init__(self, artifact_store) -> None:
+        self.artifact_store = artifact_store
+
+    def save(self, artifact_id: str, state: dict[str, Any]) -> None:
+        """Serialise ``state`` (tensors anywhere, best already on the CPU) under ``artifact_id``."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
+        self.artifact_store.write(artifact_id, buffer)
+
+    def load(self, artifact_id: str) -> dict[str, Any] | None:
+        """The state saved under ``artifact_id`` with every tensor on the CPU, or None (and one
+        warning) when it is missing or unreadable."""
+        import torch
+
+        try:
+            with self.artifact_store.open_reader(artifact_id) as reader:
+                blob = reader.read()
+            # Never the training device: RNG states must stay CPU ByteTensors, and a checkpoint
+            # written on CUDA must load on a machine without it.
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+        except Exception as e:
+            log.warning("checkpoint %s unreadable (%s: %s); starting from epoch 0",
+                        artifact_id, type(e).__name__, _first_line(e))
+            return None
+        if not isinstance(state, dict):
+            log.warning("checkpoint %s unreadable (holds a %s, not a dict); starting from epoch 0",
+                        artifact_id, type(state).__name__)
+            return None
+        return state
+
+    def remove(self, artifact_id: str) -> None:
+        """Delete the checkpoint; a missing one is not an error."""
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            self.artifact_store.remove(artifact_id)
+        except ArtifactNotFound:
+            pass
+        except Exception as e:  # a leftover checkpoint is only disk space; never fail a trial
+            log.warning("checkpoint %s not removed (%s: %s)", artifact_id, type(e).__name__,
+                        _first_line(e))
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,128 @@
+"""The worker loop: check the budget, ask, run, tell the state the run ended in. Repeat.
+
+Optuna's ``study.optimize`` does the same with callbacks and exceptions; here every outcome is
+a value and every step is visible: the stale-trial check before each trial, the wait while the
+budget is in flight elsewhere, the over-budget give-way, and a stop signal that queues the
+trial's retry (with its checkpoint) before the trial is failed, so its slot is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from hpo.budget import Tally, gives_way, tally
+from hpo.heartbeat import Heartbeat
+from hpo.reaper import Reaper
+from hpo.runner import Ending, Outcome, TrialRunner
+from hpo.storage import RetryingStorage
+
+log = logging.getLogger("hpo.worker")
+
+_TOLD = {Ending.COMPLETE: TrialState.COMPLETE, Ending.PRUNED: TrialState.PRUNED,
+         Ending.FAILED: TrialState.FAIL}
+
+
+class WorkerLoop:
+    def __init__(self, study: optuna.Study, storage: RetryingStorage, runner: TrialRunner,
+                 budget: Callable[[], int], reaper: Reaper, heartbeat: Heartbeat,
+                 stop: threading.Event, wait_interval: float, deadline: float | None = None,
+                 on_trial_done: Callable[[optuna.trial.FrozenTrial, Tally], None] | None = None):
+        self.study, self.storage, self.runner, self.budget = study, storage, runner, budget
+        self.reaper, self.heartbeat, self.stop = reaper, heartbeat, stop
+        self.wait_interval, self.deadline, self.on_trial_done = wait_interval, deadline, on_trial_done
+        self._claimed: tuple[int, bool] | None = None  # (trial id, freshly created) of the last ask
+        self._done: optuna.trial.FrozenTrial | None = None  # told, not yet shown
+        storage.on_claim = self._on_claim
+
+    def _on_claim(self, trial_id: int, fresh: bool) -> None:
+        self._claimed = (trial_id, fresh)
+        self.heartbeat.track(trial_id)
+
+    def run(self) -> int:
+        """Run trials until the budget is spent, the deadline passes or a stop signal; return the
+        number of trials this worker ran."""
+        ran, waiting_logged = 0, False
+        while True:
+            if self.stop.is_set():
+                if self._done is not None and self.on_trial_done is not None:
+                    self.on_trial_done(self._done, tally(self.study))
+                break
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                log.info("--timeout reached: starting no more trials")
+                break
+            self.reaper.reap(self.study)
+            budget, counts = self.budget(), tally(self.study)
+            if self._done is not None and self.on_trial_done is not None:
+                self.on_trial_done(self._done, counts)  # the same read serves the progress line
+            self._done = None
+            if counts.left(budget) <= 0:
+                # Spent or in flight elsewhere. Stay while other trials run: if their worker
+                # died, the reaper queues them again and this worker runs the retry.
+                if counts.counts[TrialState.RUNNING] == 0:
+                    break
+                if not waiting_logged:
+                    log.info("budget in use: waiting for %d running trial(s) to finish or be "
+                             "recovered", counts.counts[TrialState.RUNNING])
+                    waiting_logged = True
+                self.stop.wait(self.wait_interval)
+                continue
+            waiting_logged = False
+            if self.run_one(budget):
+                ran += 1
+        return ran
+
+    def run_one(self, budget: int) -> bool:
+        """Ask, run and tell one trial; False if it gave way to the budget without training."""
+        self._claimed = None
+        with warnings.catch_warnings():
+            # Optuna warns that storage heartbeats belong to study.optimize; this loop runs its
+            # own heartbeat (hpo.heartbeat), started by the storage when the trial is claimed.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self.study.ask()
+        trial_id, fresh = self._claimed or (None, True)
+        try:
+            if fresh and gives_way(self.study, trial.number, budget):
+                trial.set_user_attr("end_reason", f"over budget: {budget} trials already started")
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                log.info("trial %d gave way: the budget of %d was filled in a race", trial.number,
+                         budget)
+                return False
+            outcome = self.runner.run(trial)
+            self._tell(trial, trial_id, outcome)
+            return True
+        finally:
+            self.heartbeat.track(None)
+
+    def _tell(self, trial: optuna.Trial, trial_id: int | None, outcome: Outcome) -> None:
+        if outcome.ending is Ending.STOPPED:
+            # Queue the retry first: while both exist the budget counts the running original,
+            # so no other worker can take this trial's slot, and nothing is lost if we die here.
+            original = self.storage.get_trial(trial_id)
+            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(self.study, original)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            log.warning("%s; queued again as a waiting trial", outcome.reason)
+            return
+        if outcome.ending is Ending.REAPED:
+            log.warning("trial %d was %s; its retry re-runs it; continuing", trial.number,
+                        outcome.reason)
+            return
+        state = _TOLD[outcome.ending]
+        frozen = self.study.tell(trial, outcome.values if state == TrialState.COMPLETE else None,
+                                 state=state, skip_if_finished=True)
+        if frozen.state != state:
+            log.warning("trial %d was failed by a stale-trial check before it ended (heartbeat "
+                        "late); its retry re-runs it; continuing", trial.number)
+        self._done = frozen
+
+
+def told_state(ending: Ending) -> TrialState:
+    """The state Optuna is told for an ending the trial itself reached."""
+    return _TOLD[ending]

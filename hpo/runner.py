@@ -1,0 +1,179 @@
+"""One trial, start to end: config from the trial, resume from its checkpoint, train with
+per-epoch reports and pruning, record what happened. Every ending is a returned ``Outcome``,
+never an exception: the worker loop tells Optuna the state it names."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.artifacts import ArtifactPublisher
+from hpo.checkpoints import CheckpointStore
+from hpo.config import Config, from_dict
+from hpo.data import DeviceData
+from hpo.errors import HpoError
+from hpo.model import feature_map_sizes
+from hpo.objectives import Objectives
+from hpo.train import EpochMetrics, Interrupted, fit
+from search_spaces import Stage
+
+log = logging.getLogger(__name__)
+
+
+class Ending(enum.Enum):
+    COMPLETE = "complete"
+    PRUNED = "pruned"  # by the pruner, or impossible, or diverged: counts against the budget
+    FAILED = "failed"  # could not run (out of memory): FAIL, not re-queued
+    STOPPED = "stopped"  # a stop signal: re-queue with the checkpoint, then FAIL
+    REAPED = "reaped"  # a stale-trial check failed it under us: its retry re-runs it
+
+
+@dataclasses.dataclass
+class Outcome:
+    ending: Ending
+    reason: str = ""
+    values: list[float] | None = None
+
+
+@dataclasses.dataclass
+class TrialSpec:
+    """What every trial of the study shares."""
+
+    stage: Stage
+    frozen: dict[str, Any]
+    epochs: int
+    seed: int
+    objectives: Objectives
+    prunable: bool  # single objective and a pruner other than none
+    bf16: bool = False
+    checkpoint_every: int = 1
+
+
+def config_from_trial(spec: TrialSpec, trial: optuna.Trial, image_size: int) -> Config:
+    """The full config the trial trains; HpoError if it cannot be built on these images."""
+    config = from_dict(spec.stage.suggest(trial, {**spec.frozen, "epochs": spec.epochs,
+                                                   "seed": spec.seed}))
+    feature_map_sizes(config, image_size)
+    return config
+
+
+class TrialRunner:
+    def __init__(self, spec: TrialSpec, data: DeviceData, checkpoints: CheckpointStore,
+                 publisher: ArtifactPublisher, stop: threading.Event,
+                 on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None):
+        self.spec, self.data, self.checkpoints, self.publisher = spec, data, checkpoints, publisher
+        self.stop, self.on_epoch = stop, on_epoch
+
+    def run(self, trial: optuna.Trial) -> Outcome:
+        try:
+            return self._run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return Outcome(Ending.REAPED, "failed by a stale-trial check (heartbeat late)")
+
+    def _run(self, trial: optuna.Trial) -> Outcome:
+        trial.set_user_attr("device", str(self.data.device))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        # CPU results depend on the thread count (reduction order): hpo train reuses it
+        trial.set_user_attr("threads", torch.get_num_threads())
+        try:
+            config = config_from_trial(self.spec, trial, self.data.image_size)
+        except HpoError as e:
+            return self._pruned(trial, f"impossible configuration: {e}")
+        trial.set_user_attr("config", config.to_dict())
+        checkpoint_id = self._checkpoint_id(trial)
+        resume = self._resume(trial, checkpoint_id, config)
+        history = [EpochMetrics(**h) for h in (resume or {}).get("history", [])]
+
+        def on_epoch(m: EpochMetrics, snapshot: Callable[[], dict[str, Any]]) -> None:
+            if self.spec.prunable:  # a step the failed attempt already reported is ignored
+                trial.report(m.val_acc, m.epoch)
+            history.append(m)
+            every = self.spec.checkpoint_every
+            if every and m.epoch % every == 0 and m.epoch < config.epochs:
+                self.checkpoints.save(checkpoint_id, {"config": config.to_dict(), **snapshot()})
+                trial.set_user_attr("checkpoint", {"artifact_id": checkpoint_id, "epoch": m.epoch})
+            if self.on_epoch is not None:
+                self.on_epoch(trial, m)
+            if self.spec.prunable and trial.should_prune():
+                raise optuna.TrialPruned(f"validation accuracy {m.val_acc:.4f} after epoch "
+                                         f"{m.epoch} is below the pruner's threshold")
+
+        try:
+            result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop)
+        except optuna.TrialPruned as e:
+            self._record(trial, history, config)
+            return self._pruned(trial, str(e))
+        except Interrupted:
+            return Outcome(Ending.STOPPED, f"trial {trial.number} interrupted by a stop signal")
+        except torch.OutOfMemoryError:
+            if self.data.device.type == "cuda":
+                torch.cuda.empty_cache()
+            reason = f"out of memory on {self.data.device}"
+            trial.set_user_attr("end_reason", reason)
+            self.checkpoints.remove(checkpoint_id)
+            return Outcome(Ending.FAILED, reason)
+        self._record(trial, result.history, config, seconds=result.seconds)
+        trial.set_user_attr("params", result.params)
+        if result.status == "diverged":
+            return self._pruned(trial, f"diverged: {result.reason}")
+        trial.set_user_attr("end_reason", result.reason or result.status)
+        self.checkpoints.remove(checkpoint_id)
+        # The value is the last epoch's: the weights published here, and what hpo train re-creates.
+        values = self.spec.objectives.values(result.final_val_acc, result.seconds, result.params)
+        self.publisher.model_if_best(trial, values[0], result.model, config.to_dict())
+        return Outcome(Ending.COMPLETE, result.reason or result.status, values)
+
+    def _pruned(self, trial: optuna.Trial, reason: str) -> Outcome:
+        trial.set_user_attr("end_reason", reason)
+        pointer = trial.user_attrs.get("checkpoint")
+        if pointer:
+            self.checkpoints.remove(pointer["artifact_id"])
+        return Outcome(Ending.PRUNED, reason)
+
+    def _record(self, trial: optuna.Trial, history: list[EpochMetrics], config: Config,
+                seconds: float | None = None) -> None:
+        """History, train-val gap and training seconds (``seconds`` also counts a diverged epoch,
+        which has no history row), then the learning curve and config as artifacts."""
+        rows = [dataclasses.asdict(h) for h in history]
+        trial.set_user_attr("history", rows)
+        if history:
+            trial.set_user_attr("gap", history[-1].train_acc - history[-1].val_acc)
+        seconds = sum(h.seconds for h in history) if seconds is None else seconds
+        if seconds:
+            trial.set_user_attr("seconds", seconds)
+        self.publisher.curve_and_config(trial, rows, config.to_dict())
+
+    @staticmethod
+    def _checkpoint_id(trial: optuna.Trial) -> str:
+        # A retry inherits its user attributes, and so the checkpoint of the trial it retries.
+        checkpoint_id = trial.user_attrs.get("checkpoint_id")
+        if checkpoint_id is None:
+            checkpoint_id = f"checkpoint-{uuid.uuid4().hex}"
+            trial.set_user_attr("checkpoint_id", checkpoint_id)
+        return checkpoint_id
+
+    def _resume(self, trial: optuna.Trial, checkpoint_id: str, config: Config) -> dict | None:
+        pointer = trial.user_attrs.get("checkpoint")  # inherited from the trial this one retries
+        if not pointer:
+            return None
+        state = self.checkpoints.load(pointer["artifact_id"])  # always to the CPU
+        if state is None:  # CheckpointStore said why; the trial starts from epoch 0
+            return None
+        if state.get("config") != config.to_dict():
+            log.warning("trial %d: checkpoint belongs to another config; starting from epoch 0",
+                        trial.number)
+            return None
+        log.info("trial %d resumes from epoch %d of its checkpoint", trial.number, pointer["epoch"])
+        trial.set_user_attr("resumed_from_epoch", pointer["epoch"])
+        return state

@@ -1,0 +1,318 @@
+"""A real one-node SLURM cluster and a real PgBouncer for the cluster tests, started once per
+session as private daemons (own config, ports, state and munge socket in a temp folder) and
+stopped by pid afterwards; nothing of the machine's own configuration is touched.
+
+Debian's slurm-wlm, munge and pgbouncer are installed by scripts/provision-cluster when missing
+(root and apt-get needed); where that is impossible the tests using these fixtures are skipped
+with the reason. Once the packages are there, a daemon that does not come up is a failure.
+
+Import the fixtures into a test module: ``from tests.cluster import slurm  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+from tests.conftest import REPO
+
+SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged")
+PGBOUNCER_BINARIES = ("pgbouncer",)
+SBATCH_SCRIPT = REPO / "deploy" / "slurm" / "hpo-worker.sbatch"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+def ensure_installed(binaries: tuple[str, ...]) -> None:
+    """Install the cluster packages with the project's own script, or skip saying why not."""
+    if all(_which(b) for b in binaries):
+        return
+    missing = ", ".join(b for b in binaries if not _which(b))
+    if os.geteuid() != 0:
+        pytest.skip(f"{missing} not installed and not root: run scripts/provision-cluster as root")
+    if not shutil.which("apt-get"):
+        pytest.skip(f"{missing} not installed and no apt-get to install them with")
+    result = subprocess.run([str(REPO / "scripts" / "provision-cluster")], capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode != 0 or not all(_which(b) for b in binaries):
+        pytest.skip(f"could not install {missing} (scripts/provision-cluster exited "
+                    f"{result.returncode}): {(result.stderr or result.stdout).strip()[-500:]}")
+
+
+def _stop(process: subprocess.Popen | None, timeout: float = 15) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} not written)"
+
+
+class SlurmCluster:
+    """munged, slurmctld and slurmd as private foreground processes; one node, this machine.
+
+    Node ``$(hostname -s)`` with all CPUs, one default partition that lets up to 4 jobs share a
+    core; process tracking by parent pid and no cgroups (works in containers); no accounting, so
+    no sacct: a finished job's state and exit code stay in ``scontrol show job`` for 10 minutes.
+    """
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="hpo-slurm-"))
+        self.dir.chmod(0o755)  # munged (the munge user) must reach its socket folder
+        self.conf = self.dir / "slurm.conf"
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.node = socket.gethostname().split(".")[0]
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    # munge: its own key and socket, so a machine's munged (if any) is neither used nor disturbed
+    def _start_munge(self) -> Path:
+        public = self.dir / "munge"
+        private = public / "private"
+        private.mkdir(parents=True)
+        public.chmod(0o755)  # munged insists: socket folder executable by all,
+        private.chmod(0o700)  # key, seed and log private to the munge user
+        key = private / "munge.key"
+        if _which("mungekey"):
+            subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True,
+                           capture_output=True, timeout=30)
+        else:
+            key.write_bytes(os.urandom(128))
+        key.chmod(0o600)
+        subprocess.run(["chown", "-R", "munge:munge", str(public)], check=True, timeout=30)
+        socket_path = public / "munge.socket"
+        self.processes["munged"] = subprocess.Popen(
+            [_which("munged"), "--foreground", f"--socket={socket_path}", f"--key-file={key}",
+             f"--pid-file={public / 'munged.pid'}", f"--log-file={private / 'munged.log'}",
+             f"--seed-file={private / 'munged.seed'}"],
+            user="munge", group="munge", stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "munged.out", "w"))
+        self._wait(lambda: socket_path.exists(), 20, "munged", self.dir / "munged.out")
+        return socket_path
+
+    def _write_conf(self, munge_socket: Path) -> None:
+        for sub in ("state", "spool"):
+            (self.dir / sub).mkdir()
+        cpus = os.cpu_count() or 1
+        self.conf.write_text(f"""\
+ClusterName=hpotest
+SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={munge_socket}
+CredType=cred/munge
+StateSaveLocation={self.dir / 'state'}
+SlurmdSpoolDir={self.dir / 'spool'}
+SlurmctldPidFile={self.dir / 'slurmctld.pid'}
+SlurmdPidFile={self.dir / 'slurmd.pid'}
+SlurmctldLogFile={self.dir / 'slurmctld.log'}
+SlurmdLogFile={self.dir / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+MailProg=/bin/true
+ReturnToService=2
+MinJobAge=600
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+""")
+        (self.dir / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nIgnoreSystemd=yes\n")
+
+    def _wait(self, ready, timeout: float, what: str, log: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            dead = [name for name, p in self.processes.items() if p.poll() is not None]
+            if dead:
+                break
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"{what} did not come up within {timeout:.0f}s; its log ends:\n{_tail(log)}")
+
+    def start(self) -> SlurmCluster:
+        self._write_conf(self._start_munge())
+        for daemon, args in (("slurmctld", ["-D", "-c", "-i"]), ("slurmd", ["-D", "-N", self.node])):
+            self.processes[daemon] = subprocess.Popen(
+                [_which(daemon), *args], env=self.env, stdout=subprocess.DEVNULL,
+                stderr=open(self.dir / f"{daemon}.out", "w"))
+        self._wait(lambda: self.node_state() == "idle", 60, "slurmctld/slurmd",
+                   self.dir / "slurmctld.log")
+        return self
+
+    def node_state(self) -> str:
+        result = self.run("sinfo", "-h", "-n", self.node, "-o", "%t", check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    def run(self, *args: str, env: dict | None = None, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess:
+        """A SLURM client command against this cluster."""
+        result = subprocess.run([_which(args[0]), *args[1:]], env={**self.env, **(env or {})},
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {result.returncode}: "
+                                 f"{result.stderr.strip()}")
+        return result
+
+    def sbatch(self, *args: str, env: dict | None = None) -> str:
+        """Submit; returns the job id (an array's job id for --array)."""
+        return self.run("sbatch", "--parsable", *args, env=env).stdout.strip().split(";")[0]
+
+    def queued(self, job_id: str) -> list[str]:
+        """Jobs of job_id (all tasks of an array) still pending or running."""
+        result = self.run("squeue", "-h", "-j", job_id, "-o", "%i %T", check=False)
+        return result.stdout.split("\n") if result.stdout.strip() else []
+
+    def job_fields(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job` as a dict (JobState, ExitCode, ...), kept MinJobAge after the end."""
+        out = self.run("scontrol", "-o", "show", "job", job_id).stdout.split("\n")[0]
+        return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+    def stop(self) -> None:
+        if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
+            subprocess.run([_which("scancel"), "--full", "--user", "root"], env=self.env,
+                           capture_output=True, timeout=30)
+        for name in ("slurmd", "slurmctld", "munged"):
+            _stop(self.processes.get(name))
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running one-node SLURM cluster for this session (skipped where it cannot be had)."""
+    if os.geteuid() != 0:
+        pytest.skip("SLURM tests start slurmctld/slurmd/munged and need root")
+    ensure_installed(SLURM_BINARIES)
+    cluster = SlurmCluster().start()
+    yield cluster
+    cluster.close()
+
+
+class PgBouncer:
+    """PgBouncer in transaction-pooling mode in front of the test server, capped at
+    ``pool`` server connections per database, on a free port; runs as the postgres user
+    (it refuses root)."""
+
+    def __init__(self, server: sqlalchemy.engine.URL, pool: int = 10, max_clients: int = 200):
+        self.pool = pool
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="hpo-pgbouncer-"))
+        self.user = server.username or "postgres"
+        (self.dir / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        self.ini = self.dir / "pgbouncer.ini"
+        self.ini.write_text(f"""\
+[databases]
+* = host={server.host or '127.0.0.1'} port={server.port or 5432}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {self.dir / 'userlist.txt'}
+admin_users = {self.user}
+pool_mode = transaction
+max_client_conn = {max_clients}
+default_pool_size = {pool}
+max_db_connections = {pool}
+logfile = {self.dir / 'pgbouncer.log'}
+pidfile = {self.dir / 'pgbouncer.pid'}
+""")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> PgBouncer:
+        as_user = {}
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            for f in self.dir.iterdir():
+                shutil.chown(f, "postgres", "postgres")
+            as_user = {"user": "postgres", "group": "postgres"}
+        self.process = subprocess.Popen([_which("pgbouncer"), str(self.ini)], **as_user,
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=open(self.dir / "pgbouncer.out", "w"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"pgbouncer did not come up: {_tail(self.dir / 'pgbouncer.out')}\n"
+                    f"{_tail(self.dir / 'pgbouncer.log')}")
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def show(self, what: str) -> list[dict]:
+        """A SHOW command on PgBouncer's admin console (POOLS, CLIENTS, SERVERS, ...)."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user,
+                                dbname="pgbouncer", connect_timeout=5)
+        conn.autocommit = True  # the admin console knows no transactions
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SHOW {what}")
+                names = [c.name for c in cur.description]
+                return [dict(zip(names, row)) for row in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "pgbouncer.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server):
+    """PgBouncer (transaction pooling, 10 server connections per database) for this session."""
+    ensure_installed(PGBOUNCER_BINARIES)
+    bouncer = PgBouncer(pg_server.url).start()
+    yield bouncer
+    bouncer.close()

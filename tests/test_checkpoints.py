@@ -1,0 +1,150 @@
+"""CheckpointStore: save/load/remove over an artifact store; loads land on the CPU, whatever the
+device that wrote them or will resume them, so a retried trial resumes on any worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+
+import pytest
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+
+from hpo.checkpoints import CheckpointStore
+from hpo.config import from_dict
+from hpo.data import DeviceData
+from hpo.train import fit
+
+TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
+
+
+def tiny(**changes):
+    return from_dict({**TINY, **changes})
+
+
+def metrics(history):
+    """Everything but wall time, which never repeats."""
+    return [{k: v for k, v in dataclasses.asdict(m).items() if k != "seconds"} for m in history]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return CheckpointStore(FileSystemArtifactStore(str(tmp_path)))
+
+
+def warnings_of(caplog):
+    return [r for r in caplog.records
+            if r.name == "hpo.checkpoints" and r.levelno >= logging.WARNING]
+
+
+def test_checkpoints_round_trip(store):
+    state = {"model": {"w": torch.arange(6.0).view(2, 3)}, "rng_cpu": torch.get_rng_state(),
+             "history": [{"epoch": 1}], "seconds": 1.5}
+    store.save("ckpt-a", state)
+    loaded = store.load("ckpt-a")
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert torch.equal(loaded["rng_cpu"], state["rng_cpu"])
+    assert loaded["history"] == [{"epoch": 1}] and loaded["seconds"] == 1.5
+
+
+def test_checkpoints_missing_is_none_with_one_warning(store, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert store.load("checkpoint-study1-trial7") is None
+    [record] = warnings_of(caplog)
+    assert "checkpoint-study1-trial7" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
+@pytest.mark.parametrize("blob", [b"not a checkpoint", b""])
+def test_checkpoints_unreadable_is_none_with_one_warning(store, caplog, blob):
+    store.artifact_store.write("bad", io.BytesIO(blob))
+    with caplog.at_level(logging.WARNING):
+        assert store.load("bad") is None
+    [record] = warnings_of(caplog)
+    assert "bad" in record.getMessage() and "\n" not in record.getMessage()
+
+
+def test_checkpoints_not_a_dict_is_none(store, caplog):
+    store.save("list", [1, 2])  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        assert store.load("list") is None
+    assert len(warnings_of(caplog)) == 1
+
+
+def test_checkpoints_remove(store, caplog):
+    store.save("gone", {"x": torch.zeros(1)})
+    store.remove("gone")
+    with caplog.at_level(logging.WARNING):
+        store.remove("gone")  # missing: no error, no warning
+        store.remove("never-written")
+    assert warnings_of(caplog) == []
+    assert store.load("gone") is None
+
+
+def test_checkpoints_written_on_cuda_load_on_the_cpu(store, monkeypatch):
+    """A checkpoint whose tensors were saved from cuda:0 (a GPU worker's) loads into host memory,
+    here on a machine without CUDA too: the loader never honours the saving device."""
+    state = {"model": {"w": torch.ones(3)}, "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.zeros(16, dtype=torch.uint8)}
+    # torch.save tags each storage with its device; make it tag them all "cuda:0".
+    monkeypatch.setattr(torch.serialization, "_package_registry",
+                        [(0, lambda storage: "cuda:0", lambda storage, location: None),
+                         *torch.serialization._package_registry])
+    store.save("from-gpu", state)
+    monkeypatch.undo()
+    with store.artifact_store.open_reader("from-gpu") as reader:
+        blob = reader.read()
+    if not torch.cuda.is_available():  # the blob really claims CUDA
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(io.BytesIO(blob), weights_only=False)
+    loaded = store.load("from-gpu")
+    assert loaded["model"]["w"].device.type == "cpu" and torch.equal(loaded["model"]["w"],
+                                                                     torch.ones(3))
+    for key in ("rng_cpu", "rng_cuda"):
+        assert loaded[key].device.type == "cpu" and loaded[key].dtype == torch.uint8, key
+
+
+def save_at(store, epoch):
+    def on_epoch(m, checkpoint):
+        if m.epoch == epoch:
+            store.save("ckpt", checkpoint())
+    return on_epoch
+
+
+def test_checkpoints_resume_reproduces_uninterrupted_run(store, small_data):
+    """Through the real path: fit's checkpoint() -> CheckpointStore.save/load -> fit(resume=...)."""
+    config = tiny(epochs=2, optimizer="adam", lr=1e-3, fc_dropout=0.3, conv_batchnorm=True,
+                  flip=True, crop_padding=2, scheduler="multistep", milestones=[1], gamma=0.5)
+    full = fit(config, small_data, on_epoch=save_at(store, 1))
+    resume = store.load("ckpt")
+    seen = []
+    resumed = fit(config, small_data, on_epoch=lambda m, _c: seen.append(m.epoch), resume=resume)
+    assert seen == [2]
+    assert [m.lr for m in resumed.history] == [1e-3, 5e-4]
+    assert metrics(resumed.history) == metrics(full.history)
+    assert all(torch.equal(p, q) for p, q in
+               zip(resumed.model.state_dict().values(), full.model.state_dict().values()))
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter:UserWarning")
+def test_checkpoints_resume_on_another_device(store, small_data, sample_images, monkeypatch):
+    """Regression: a CUDA worker resuming a retried trial crashed in torch.set_rng_state, because
+    the checkpoint was loaded with map_location=<training device>, which moved the RNG state
+    there. The meta device stands in for CUDA: the checkpoint a CPU run saved is loaded back on
+    the CPU and restored into a model on the device, with no training left to do."""
+    config = tiny(optimizer="adam", lr=1e-3, conv_batchnorm=True, scheduler="step", step_size=1)
+    done = fit(config, small_data, on_epoch=save_at(store, 1))
+    resume = store.load("ckpt")
+    assert resume["rng_cpu"].device.type == "cpu" and resume["rng_cpu"].dtype == torch.uint8
+    assert resume["rng_cuda"] is None  # saved by a CPU run
+
+    given = []
+    set_rng_state = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda s: (given.append(s), set_rng_state(s)))
+    device_data = DeviceData(sample_images, "meta", val_fraction=0.1, split_seed=0, train_size=600)
+    resumed = fit(config, device_data, resume=resume)
+    assert [(s.device.type, s.dtype) for s in given] == [("cpu", torch.uint8)]
+    assert resumed.status == "completed"
+    assert metrics(resumed.history) == metrics(done.history)
+    assert {t.device.type for t in resumed.model.state_dict().values()} == {"meta"}
