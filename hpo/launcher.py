@@ -77,7 +77,6 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
     for slot in slots:
         env = dict(os.environ, HPO_WORKER_SLOT=str(slot.index))
         if slot.visible_devices is not None:
@@ -87,22 +86,21 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
         # The last --devices/--jobs-per-device on the command line wins in argparse.
         cmd = [sys.executable, "-m", "hpo.worker", *argv, "--devices", slot.device,
                "--jobs-per-device", "1"]
-        # Blocked while a child starts: a signal in between would miss the child not yet listed;
-        # it is delivered on unblocking, when the child is in the list.
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        try:
-            if stopping:
-                break
-            # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
-            children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        if stopping:
+            break
+        # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
+        child = subprocess.Popen(cmd, env=env, start_new_session=True)
+        children.append(child)
+        if stopping:  # the signal came while this child was starting: it was not in the list
+            child.send_signal(stopping[0])
         log.info("slot %d: pid %d on %s%s", slot.index, children[-1].pid, slot.device,
                  f" (GPU {slot.visible_devices})" if slot.visible_devices else "")
     if stopping and len(children) < len(slots):
         log.warning("start-up stopped after %d of %d workers", len(children), len(slots))
     codes = [child.wait() for child in children]
-    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    # A child killed by the very signal we forwarded (before its own handler was installed)
+    # stopped as asked: it held no trial yet, so it did not fail.
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0 and -c not in stopping]
     for i, code in failed:
         log.error("slot %d (pid %d) exited with %d", i, children[i].pid, code)
     return 1 if failed else 0

@@ -1,0 +1,137 @@
+"""The one retry layer: an outage gives up on time, and only a lost connection is an outage."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import optuna
+import pytest
+import sqlalchemy
+import sqlalchemy.exc
+
+from hpo.errors import HpoError
+from hpo.status import status_table
+from hpo.storage import DatabaseUnavailable, StorageError, is_outage, mask, open_storage
+from tests.pgserver import ThrowawayPostgres
+
+OUTAGE_TIMEOUT = 3.0
+# outage_timeout, plus the backoff step in flight when it passes (0.5, 1, 2 s: at most 2 s at
+# a 3 s timeout), plus generous slack for a loaded machine. Nested retries took 17.6 s.
+GIVES_UP_WITHIN = OUTAGE_TIMEOUT + 2 + 5
+NOT_AN_OUTAGE_WITHIN = 5.0  # "at once", with slack, against an outage timeout of 30 s
+OLD_PASSWORD, NEW_PASSWORD = "right-pw-5ecret", "changed-pw-5ecret"
+
+
+def _timed(call):
+    start = time.monotonic()
+    try:
+        call()
+    except Exception as e:
+        return time.monotonic() - start, e
+    return time.monotonic() - start, None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_outage_gives_up_within_the_outage_timeout(throwaway_pg):
+    url = throwaway_pg.url()
+    storage = open_storage(url, outage_timeout=OUTAGE_TIMEOUT)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask()
+    study_id = storage.get_study_id_from_name("s")
+    throwaway_pg.stop()
+    calls = {  # through Optuna's trial cache, and hpo status
+        "get_all_trials": lambda: storage.get_all_trials(study_id),
+        "create_new_trial": lambda: storage.create_new_trial(study_id),
+        "study.get_trials": lambda: optuna.load_study(study_name="s", storage=storage).get_trials(),
+        "status_table": lambda: status_table(storage),
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:  # one outage, waited out side by side
+        results = dict(zip(calls, pool.map(_timed, calls.values())))
+    for name, (elapsed, error) in results.items():
+        assert isinstance(error, DatabaseUnavailable), (name, repr(error))
+        assert mask(url) in _one_line(error), name
+        assert elapsed < GIVES_UP_WITHIN, f"{name} gave up after {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_dropped_table_fails_at_once_with_one_line(database, request):
+    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "pg_url")
+    storage = open_storage(url, outage_timeout=30)
+    optuna.create_study(study_name="s", storage=storage)
+    study_id = storage.get_study_id_from_name("s")
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text("DROP TABLE trials" + (" CASCADE" if database ==
+                                                                "postgresql" else "")))
+    finally:
+        admin.dispose()
+    for call in (lambda: storage.get_all_trials(study_id),
+                 lambda: storage.create_new_trial(study_id)):
+        elapsed, error = _timed(call)
+        assert isinstance(error, StorageError), repr(error)
+        assert "trials" in _one_line(error)
+        assert elapsed < NOT_AN_OUTAGE_WITHIN, f"retried for {elapsed:.1f}s as if an outage"
+    storage.dispose()
+
+
+@pytest.fixture
+def password_pg():
+    server = ThrowawayPostgres(password=OLD_PASSWORD)
+    yield server
+    server.close()
+
+
+def test_refused_password_fails_at_once_with_one_masked_line(password_pg):
+    url = password_pg.url()
+    storage = open_storage(url, outage_timeout=30)
+    optuna.create_study(study_name="s", storage=storage)
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                     isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"ALTER USER postgres PASSWORD '{NEW_PASSWORD}'"))
+    finally:
+        admin.dispose()
+    storage.rdb.engine.dispose()  # the next call connects again, with the old password
+    elapsed, error = _timed(storage.get_all_studies)
+    assert isinstance(error, StorageError), repr(error)
+    line = _one_line(error)
+    assert "password authentication failed" in line
+    assert OLD_PASSWORD not in line and NEW_PASSWORD not in line and "***" in line
+    assert elapsed < NOT_AN_OUTAGE_WITHIN, f"retried for {elapsed:.1f}s as if an outage"
+
+
+class _PgError(Exception):
+    """Like a psycopg2 error: a message and a SQLSTATE."""
+
+    def __init__(self, message: str, pgcode: str | None):
+        super().__init__(message)
+        self.pgcode = pgcode
+
+
+def _operational(orig: BaseException) -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, orig)
+
+
+@pytest.mark.parametrize("error, outage", [
+    (_operational(_PgError('connection to server at "127.0.0.1", port 5432 failed: Connection '
+                           "refused\n\tIs the server running on that host?", None)), True),
+    (_operational(_PgError("server closed the connection unexpectedly", "08006")), True),
+    (_operational(_PgError('connection to server at "127.0.0.1", port 5432 failed: FATAL:  '
+                           'password authentication failed for user "postgres"', None)), False),
+    (_operational(sqlite3.OperationalError("no such table: trials")), False),
+    # The SQLSTATE decides, not the wording: 42P01 is undefined_table.
+    (_operational(_PgError("boom", "42P01")), False),
+], ids=["refused", "08006", "password", "no-such-table", "42P01"])
+def test_is_outage_only_for_a_lost_or_refused_connection(error, outage):
+    assert is_outage(error) is outage
+    assert isinstance(StorageError("x"), HpoError) and isinstance(DatabaseUnavailable("x"), HpoError)

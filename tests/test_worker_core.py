@@ -1,0 +1,192 @@
+"""The worker loop, budget and study set-up in-process, on a real SQLite database: the budget is
+the study's, a stop signal never loses a retry, joiners wait for the set-up, precision is a study
+setting. Training is stood in for by a runner that returns the outcome the test needs."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.budget import stored_budget, tally
+from hpo.errors import HpoError
+from hpo.heartbeat import Heartbeat
+from hpo.loop import WorkerLoop
+from hpo.reaper import Reaper
+from hpo.runner import Ending, Outcome
+from hpo.storage import open_storage
+from hpo.study import open_study, update_budget
+from tests.workers import wait_for
+
+FLAGS = {"dataset": None, "epochs": 1, "train_size": None, "val_fraction": None, "seed": None,
+         "n_trials": None, "sampler": "random", "pruner": "none", "objectives": None,
+         "bf16": None, "matmul_precision": None}
+
+
+@pytest.fixture
+def tiny_stages(tiny_stage_env):
+    return tiny_stage_env
+
+
+class ScriptedRunner:
+    """Suggests the tiny stage's params, then ends each trial as told by ``endings``."""
+
+    def __init__(self, endings, gate: threading.Event | None = None):
+        self.endings, self.gate, self.started = list(endings), gate, threading.Event()
+
+    def run(self, trial):
+        trial.suggest_float("lr", 0.01, 0.1, log=True)
+        trial.set_user_attr("checkpoint", {"artifact_id": "ck", "epoch": 1})
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(60)
+        ending = self.endings.pop(0) if self.endings else Ending.COMPLETE
+        return Outcome(ending, ending.value, [0.5] if ending is Ending.COMPLETE else None)
+
+
+def _loop(storage, study, runner, stop=None):
+    heartbeat = Heartbeat(storage)
+    return WorkerLoop(study, storage, runner, lambda: stored_budget(study), Reaper(storage),
+                      heartbeat, stop or threading.Event(), wait_interval=0.2)
+
+
+def _open(url, n_trials=None, **flags):
+    storage = open_storage(url, heartbeat=1, grace=30)
+    study, _, settings, _ = open_study(storage, "s", "tiny", {**FLAGS, "n_trials": n_trials, **flags})
+    return storage, study, settings
+
+
+def test_budget_is_stored_and_a_worker_with_another_budget_is_refused(sqlite_url, tiny_stages):
+    # Defect 8: --n-trials was per worker and never stored; two workers ran two budgets.
+    storage, study, settings = _open(sqlite_url, n_trials=2)
+    assert settings.n_trials == 2 and stored_budget(study) == 2
+    with pytest.raises(HpoError) as refused:
+        _open(sqlite_url, n_trials=5)
+    message = str(refused.value)
+    assert "2" in message and "5" in message and "--update" in message and "\n" not in message
+    _, _, joined = _open(sqlite_url)  # no --n-trials: the study's budget
+    assert joined.n_trials == 2
+
+
+def test_raised_budget_is_honoured_by_a_running_worker(sqlite_url, tiny_stages):
+    storage, study, _ = _open(sqlite_url, n_trials=1)
+    gate = threading.Event()
+    runner = ScriptedRunner([], gate=gate)
+    loop = _loop(storage, study, runner)
+    worker = threading.Thread(target=loop.run)
+    worker.start()
+    assert runner.started.wait(60)
+    update_budget(open_storage(sqlite_url), "s", 3)  # hpo create-study --update, elsewhere
+    gate.set()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert tally(study).counts[TrialState.COMPLETE] == 3
+
+
+def test_stopped_trial_is_queued_again_before_it_is_failed(sqlite_url, tiny_stages):
+    # Defect 9: the trial was failed first; in that gap a waiting worker saw a free budget slot,
+    # started a fresh trial, and the retry then gave way to the budget: parameters never tried.
+    storage, study, _ = _open(sqlite_url, n_trials=1)
+    seen_at_fail = []
+    real_set_state = storage.set_trial_state_values
+
+    def spy(trial_id, state, values=None):
+        changed = real_set_state(trial_id, state, values)
+        if state == TrialState.FAIL:
+            counts = tally(study)
+            seen_at_fail.append((counts.counts[TrialState.WAITING], counts.left(1)))
+        return changed
+
+    storage.set_trial_state_values = spy
+    stop = threading.Event()
+    runner = ScriptedRunner([Ending.STOPPED])
+    loop = _loop(storage, study, runner, stop)
+    runner_run = runner.run
+
+    def run_then_stop(trial):  # the signal arrives mid-trial
+        outcome = runner_run(trial)
+        stop.set()
+        return outcome
+
+    runner.run = run_then_stop
+    loop.run()
+    # At the moment the trial turned FAIL its retry was already queued, holding the only slot.
+    assert seen_at_fail == [(1, 1)]
+    (retry,) = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+    assert retry.user_attrs["checkpoint"]["epoch"] == 1
+
+    # Another worker waiting for a slot takes the retry, not a fresh trial.
+    other = _loop(storage, study, ScriptedRunner([]))
+    other.run()
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert [t.params for t in done] == [retry.params]
+    assert not [t for t in study.get_trials() if t.user_attrs.get("end_reason", "").startswith("over budget")]
+
+
+def test_joiner_waits_for_the_set_up_marker_then_checks_its_flags(sqlite_url, tiny_stages):
+    # Defect 10: joiners tested frozen_config (written first), so a worker arriving mid-creation
+    # ran with its own flags unchecked.
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.set_user_attr("setting_up", True)
+    study.set_user_attr("frozen_config", {"conv_layers": 1})  # the creator is mid-way
+    reads = []
+    real_get = storage.get_study_user_attrs
+
+    def counting(study_id):
+        reads.append(1)
+        return real_get(study_id)
+
+    joiner_storage = open_storage(sqlite_url)
+    joiner_storage.get_study_user_attrs = counting
+    result = {}
+
+    def join():
+        try:
+            result["ok"] = open_study(joiner_storage, "s", "tiny", {**FLAGS, "n_trials": 5})
+        except HpoError as e:
+            result["error"] = str(e)
+
+    joiner = threading.Thread(target=join)
+    joiner.start()
+    wait_for(lambda: len(reads) >= 3, 30, "the joiner to poll for the set-up marker")
+    settings = {"stage": "tiny", "dataset": "cifar10-sample", "epochs": 1, "train_size": None,
+                "val_fraction": 0.1, "split_seed": 0, "seed": 0, "n_trials": 3,
+                "sampler": "random", "pruner": "none", "objectives": "accuracy", "bf16": False,
+                "matmul_precision": "highest"}
+    study.set_user_attr("settings", settings)
+    study.set_user_attr("stage", "tiny")  # the marker, last
+    joiner.join(60)
+    assert "ok" not in result, "the joiner ran with its own budget"
+    assert "budget of 3" in result["error"] and "5" in result["error"]
+
+
+def test_precision_is_a_study_setting_and_exported(sqlite_url, tiny_stages):
+    # Defect 12: --bf16 was per worker, recorded nowhere; hpo train could not reproduce it.
+    from hpo.export import trial_document
+
+    storage, study, settings = _open(sqlite_url, n_trials=1, bf16=True, matmul_precision="high")
+    assert (settings.bf16, settings.matmul_precision) == (True, "high")
+    _, _, joined = _open(sqlite_url)  # a worker without the flags gets the study's precision
+    assert (joined.bf16, joined.matmul_precision) == (True, "high")
+    with pytest.raises(HpoError, match="matmul-precision"):
+        _open(sqlite_url, matmul_precision="medium")
+    trial = study.ask()
+    trial.set_user_attr("config", {"conv_layers": 1})
+    study.tell(trial, 0.5)
+    doc = trial_document(study, study.get_trials()[0])
+    assert (doc["bf16"], doc["matmul_precision"]) == (True, "high")
+
+
+def test_multi_objective_study_refuses_a_pruner(sqlite_url, tiny_stages):
+    # Defect 13 (second half): --pruner was silently ignored with several objectives.
+    storage = open_storage(sqlite_url)
+    with pytest.raises(HpoError, match="--pruner median is invalid with --objectives accuracy,time"):
+        open_study(storage, "mo", "tiny", {**FLAGS, "pruner": "median", "objectives": "accuracy,time"})
+    assert "mo" not in {s.study_name for s in storage.get_all_studies()}
+    _, _, settings = (None, None, open_study(storage, "mo", "tiny",
+                                             {**FLAGS, "pruner": None, "objectives": "accuracy,time"})[2])
+    assert settings.pruner == "none"
