@@ -69,14 +69,16 @@ def create_study(url: str, study: str, space: str, settings: dict[str, Any],
                  after: str | None = None) -> dict[str, Any]:
     """Create the study with its settings (val_fraction included); returns where it froze from."""
     from hpo.storage import open_storage
-    from hpo.study import open_study
+    from hpo.study import SETTING_FLAGS, open_study
 
+    # Only study settings: open_study builds Settings from them, and "device" is a worker's flag
+    flags = {k: v for k, v in settings.items() if k in SETTING_FLAGS}
     storage = open_storage(url)
     try:
-        created, _, _, _ = open_study(storage, study, space, settings, after=after)
+        created, _, _, _ = open_study(storage, study, space, flags, after=after)
         return created.user_attrs.get("frozen_from", {})
     finally:
-        storage.engine.dispose()
+        storage.dispose()
 
 
 def run_worker(url: str, artifacts: Path, study: str, space: str, settings: dict[str, Any],
@@ -116,7 +118,7 @@ def summarise(url: str, study_name: str) -> dict[str, Any]:
         study = optuna.load_study(study_name=study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
     finally:
-        storage.engine.dispose()
+        storage.dispose()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     histories = [t.user_attrs.get("history", []) for t in trials]
@@ -158,7 +160,8 @@ def export_and_train(url: str, study: str, out_dir: Path, device: str, threads: 
     wall = time.perf_counter() - t0
     if run.returncode != 0:
         raise SystemExit(f"hpo train for {study} exited {run.returncode}:\n{run.stdout}{run.stderr}")
-    val = re.search(r"validation accuracy ([0-9.]+) \(best epoch\)", run.stdout)
+    # A trial's value is its last epoch's accuracy, so compare hpo train's last epoch with it
+    val = re.search(r"^validation accuracy ([0-9.]+) \(last epoch", run.stdout, re.M)
     test = re.search(r"test accuracy ([0-9.]+)", run.stdout)
     return {"exported_trial": doc["trial"], "exported_val_acc": doc["value"],
             "retrain_val_acc": float(val.group(1)) if val else None,
@@ -178,7 +181,7 @@ def grid_size_after(url: str, space: str, after: str | None) -> int:
         frozen, _ = frozen_from_predecessor(storage, stage, after, None)
         return grid_size(stage, frozen)
     finally:
-        storage.engine.dispose()
+        storage.dispose()
 
 
 def study_attrs(url: str, study_name: str) -> dict[str, Any]:
@@ -190,7 +193,7 @@ def study_attrs(url: str, study_name: str) -> dict[str, Any]:
     try:
         return dict(optuna.load_study(study_name=study_name, storage=storage).user_attrs)
     finally:
-        storage.engine.dispose()
+        storage.dispose()
 
 
 def setup_logging() -> None:

@@ -3,11 +3,14 @@
 Part ``a`` (throughput): trials/second of a trivial objective (stage1_layers' three suggestions,
 three reports with a pruning check each, return) through
 
-- ``ours``: the real ``hpo.worker.run_worker`` (open_storage with heartbeat, open_study,
-  make_sampler/make_pruner, the budget + progress callback, the StaleTrialReaper, the start-up
-  stale-trial check). run_worker builds its objective itself and takes no objective argument, so
-  this benchmark substitutes ``hpo.objective.Objective`` by a trivial subclass with the same
-  constructor, over-budget check and per-epoch progress hook, and ``hpo.data.load`` by a stub;
+- ``ours``: the real ``hpo.worker.run_worker`` (open_storage's RetryingStorage with heartbeat,
+  open_study, make_sampler/make_pruner, the start-up reap, the per-process heartbeat and reaper
+  threads, and hpo.loop.WorkerLoop: stale-trial check, stored budget + trial tally, ask, run,
+  tell, progress). run_worker builds its TrialRunner itself, so this benchmark substitutes
+  ``hpo.runner.TrialRunner`` by a subclass with the same constructor whose ``run`` is the trivial
+  trial (reporting through the same per-epoch progress hook), and ``hpo.data.load`` by a stub.
+  The real runner's own per-trial bookkeeping (user attributes, learning curve, checkpoints) is
+  part b's to measure;
 - ``plain``: ``optuna.load_study(storage=URL)`` (plain RDBStorage, default TPESampler and
   MedianPruner) and ``study.optimize`` without callbacks,
 
@@ -16,14 +19,15 @@ barrier; ours and plain alternate per process count, each in a fresh database. T
 number of finished (complete + pruned) trials over [first trial start, last trial end] from the
 database. Each measurement also counts database round trips (statements, commits, pool
 pre-pings) and worker CPU per trial, which are far less noisy than trials/s on a busy machine.
-``--variants`` adds ablations of ours (ours-noping, ours-noreads, ours-lean) to attribute its cost.
+``--variants`` adds ablations of ours (ours-noreads, ours-nobeat, ours-lean) to attribute its cost.
 Target: ours/plain >= 0.9.
 
 Part ``b`` (overhead share): the real run_worker on cifar10-sample (stage1_layers, small train
-subset) in this process, with timers around its pieces (storage calls, sampler, pruner, model
-build, plotting, artifact uploads, checkpoints, callbacks). Per trial: wall = datetime_complete -
-datetime_start, training = sum of the per-epoch 'seconds' in user_attrs['history'],
-share = 1 - training / wall. Target: < 2%.
+subset) in this process, with timers around its pieces (storage calls, sampler, pruner, the
+loop's budget/tally reads and stale-trial check, model build, plotting, artifact uploads,
+checkpoints, progress). Per trial: wall = datetime_complete - datetime_start, training = the
+trial's user_attrs['seconds'] (the sum of its epochs' seconds), share = 1 - training / wall.
+Target: < 2%.
 
 One JSON line per measurement, then summary lines. Usage (from the repo root):
 
@@ -102,46 +106,61 @@ def _worker_args(url: str, artifacts: str, extra: list[str]):
 # Ablations of ours, to attribute its cost: each removes one source of database round trips.
 ABLATIONS = {
     "ours": (),
-    "ours-noping": ("noping",),      # engine without pool_pre_ping (one SELECT 1 per session)
-    "ours-noreads": ("noreads",),    # no budget/progress trial-list reads (callback, objective)
-    "ours-lean": ("noping", "noreads"),
+    # no per-trial reads of the stored budget (study user attrs) and the trial tally (trial list)
+    # that hold the study-wide budget and feed the progress line
+    "ours-noreads": ("noreads",),
+    # no heartbeat writes: neither the one recorded when a trial is claimed nor the thread's
+    "ours-nobeat": ("nobeat",),
+    "ours-lean": ("noreads", "nobeat"),
 }
+
+
+def _ablate(variant: str) -> None:
+    """Patch this (child) process's hpo modules for the variant's ablations."""
+    import hpo.budget
+    import hpo.loop
+    import hpo.storage
+    from optuna.trial import TrialState
+
+    if "noreads" in ABLATIONS[variant]:
+        hpo.budget.stored_budget = lambda study: 10 ** 9
+        hpo.loop.tally = lambda study: hpo.budget.Tally(dict.fromkeys(TrialState, 0), None)
+    if "nobeat" in ABLATIONS[variant]:
+        hpo.storage.RetryingStorage.record_heartbeat = lambda self, trial_id: None
 
 
 def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifacts: str, barrier,
                 queue) -> None:
+    import optuna
+
     import hpo.data
-    import hpo.objective
-    import hpo.progress
-    import hpo.storage
-    import hpo.worker
+    import hpo.runner
+    from hpo.runner import Ending, Outcome
     from hpo.worker import run_worker, setup_logging
 
     counts = count_round_trips()
 
-    class TrivialObjective(hpo.objective.Objective):
-        """The real Objective's constructor and over-budget check; a trivial trial for training."""
+    class TrivialRunner(hpo.runner.TrialRunner):
+        """The real runner's constructor and progress hook; a trivial trial for training."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            barrier.wait(BARRIER_TIMEOUT)  # built right before study.optimize: start together
+            # run_worker builds the runner right before the loop (and the loop's --timeout
+            # deadline): start together
+            barrier.wait(BARRIER_TIMEOUT)
             counts.clear()
             counts["cpu_us"] = -int(time.process_time() * 1e6)
 
-        def __call__(self, trial):
-            self.current_trial_id = trial._trial_id
-            self.give_way_if_over_budget(trial)  # exactly the real objective's check
-            return trivial_trial(trial, self.on_epoch)
+        def run(self, trial):
+            # Endings as values, as the real runner returns them to the loop
+            try:
+                return Outcome(Ending.COMPLETE, "completed", [trivial_trial(trial, self.on_epoch)])
+            except optuna.TrialPruned as e:
+                return Outcome(Ending.PRUNED, str(e))
 
-    hpo.objective.Objective = TrivialObjective
+    hpo.runner.TrialRunner = TrivialRunner  # run_worker imports it from hpo.runner when called
     hpo.data.load = lambda *args, **kwargs: None
-    if "noping" in ABLATIONS[variant]:
-        engine_kwargs = hpo.storage.engine_kwargs
-        hpo.storage.engine_kwargs = lambda url: {**engine_kwargs(url), "pool_pre_ping": False}
-    if "noreads" in ABLATIONS[variant]:
-        hpo.worker.budget_left = lambda study, n_trials: n_trials
-        hpo.progress.Progress._count_finished = lambda self: 0
-        hpo.objective.Objective._started_before = lambda self, trial: 0
+    _ablate(variant)
     setup_logging(quiet=True)
     _quiet()
     args = _worker_args(url, artifacts, ["--n-trials", str(10 ** 9), "--timeout", str(seconds),
@@ -177,12 +196,15 @@ def _create_study(variant: str, url: str, artifacts: str, heartbeat: int) -> Non
         optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
         return
     from hpo.storage import open_storage
-    from hpo.study import open_study
+    from hpo.study import open_study, settings_flags
 
+    # The budget is stored in the study: the workers' --n-trials must agree with it
     args = _worker_args(url, artifacts, ["--n-trials", str(10 ** 9)])
     storage = open_storage(url, heartbeat=heartbeat, grace=args.grace)
-    open_study(storage, STUDY, args.space, {"n_trials": 10 ** 9})
-    storage.engine.dispose()
+    try:
+        open_study(storage, STUDY, args.space, settings_flags(args))
+    finally:
+        storage.dispose()
 
 
 def measure_throughput(variant: str, workers: int, seconds: float, heartbeat: int,
@@ -269,7 +291,10 @@ def part_a(args) -> dict:
 class Timers:
     """Exclusive wall time of nested timed calls, as (thread, category, start, end, seconds).
 
-    A storage call is labelled with the nearest timed caller ("storage.get_trials <- sampler...").
+    A storage call is labelled with the nearest timed caller that is not a storage call
+    ("storage.get_all_trials <- sampler..."), else with the storage call it is nested in (the
+    heartbeat recorded when a trial is claimed: "storage.record_heartbeat <-
+    storage.create_new_trial"), else with "optuna".
     """
 
     def __init__(self):
@@ -286,11 +311,10 @@ class Timers:
             if stack is None:
                 stack = timers.local.stack = []
             label = category
-            if category.startswith("storage.") and stack:
+            if category.startswith("storage."):
                 callers = [c for c, _ in stack if not c.startswith("storage.")]
-                label = f"{category} <- {callers[-1] if callers else 'optuna'}"
-            elif category.startswith("storage."):
-                label = f"{category} <- optuna"
+                caller = callers[-1] if callers else stack[-1][0] if stack else "optuna"
+                label = f"{category} <- {caller}"
             stack.append([category, 0.0])  # time spent in timed children
             start_wall, start = time.time(), time.perf_counter()
             try:
@@ -307,28 +331,39 @@ class Timers:
         return timed
 
 
+# RetryingStorage's public methods (the one layer every storage call of a worker goes through).
 STORAGE_METHODS = [
     "create_new_study", "get_study_id_from_name", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_all_studies", "set_study_user_attr", "create_new_trial",
-    "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
-    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
-    "set_trial_system_attr", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
-    "_get_best_trial_id", "get_trial_user_attrs", "get_trial_system_attrs",
-    "get_trial_id_from_study_id_trial_number", "record_heartbeat", "_get_stale_trial_ids",
-    "check_trial_is_updatable",
+    "get_study_system_attrs", "get_all_studies", "set_study_user_attr", "set_study_system_attr",
+    "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial",
+    "get_all_trials", "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id", "record_heartbeat",
 ]
 
 
-def instrument(timers: Timers) -> None:
-    """Wrap the pieces of hpo's worker path (in this process) with timers."""
-    import optuna
+def _wrap_methods(timers: Timers, cls, names: dict[str, str]) -> None:
+    for name, category in names.items():
+        setattr(cls, name, timers.wrap(category, getattr(cls, name)))
 
-    import hpo.objective
+
+def instrument(timers: Timers) -> None:
+    """Wrap the pieces of hpo's worker path (in this process) with timers.
+
+    run_worker imports its collaborators from their modules when it is called, so patching the
+    module attributes before the call is enough."""
+    import hpo.artifacts
+    import hpo.budget
+    import hpo.checkpoints
+    import hpo.loop
+    import hpo.plots
     import hpo.progress
+    import hpo.reaper
+    import hpo.runner
     import hpo.storage
     import hpo.study
     import hpo.train
-    import hpo.worker
 
     w = timers.wrap
     original_open = hpo.storage.open_storage
@@ -337,7 +372,7 @@ def instrument(timers: Timers) -> None:
         storage = original_open(*args, **kwargs)
         for name in STORAGE_METHODS:
             if hasattr(storage, name):
-                setattr(storage, name, w("storage." + name.lstrip("_"), getattr(storage, name)))
+                setattr(storage, name, w("storage." + name, getattr(storage, name)))
         return storage
 
     hpo.storage.open_storage = open_storage
@@ -356,31 +391,37 @@ def instrument(timers: Timers) -> None:
         return pruner
 
     hpo.study.make_sampler, hpo.study.make_pruner = make_sampler, make_pruner
-    original_fit = hpo.objective.fit
+    original_fit = hpo.runner.fit
 
     def fit(config, data, on_epoch=None, *args, **kwargs):
         def epoch_hook(metrics, checkpoint):
-            return w("objective.on_epoch", on_epoch)(
+            return w("runner.on_epoch", on_epoch)(
                 metrics, w("fit.checkpoint_snapshot", checkpoint))
 
         return original_fit(config, data, epoch_hook if on_epoch else None, *args, **kwargs)
 
-    hpo.objective.fit = w("fit (training + rest)", fit)
+    hpo.runner.fit = w("fit (training + rest)", fit)
+    hpo.runner.config_from_trial = w("runner.config_from_trial", hpo.runner.config_from_trial)
     hpo.train.build_model = w("fit.build_model", hpo.train.build_model)
-    hpo.objective.plot_learning_curve = w("artifacts.plot_png", hpo.objective.plot_learning_curve)
-    hpo.objective.upload_artifact = w("artifacts.upload", hpo.objective.upload_artifact)
-    for name, category in (("__call__", "objective"),
-                           ("_save_checkpoint", "checkpoint.save"),
-                           ("_load_checkpoint", "checkpoint.load"),
-                           ("_remove_checkpoint", "checkpoint.remove"),
-                           ("_publish_if_best", "artifacts.best_model"),
-                           ("_finish", "artifacts.finish")):
-        setattr(hpo.objective.Objective, name, w(category, getattr(hpo.objective.Objective, name)))
-    for name in ("epoch", "trial_done", "_count_finished"):
-        setattr(hpo.progress.Progress, name,
-                w("progress." + name, getattr(hpo.progress.Progress, name)))
-    hpo.worker.budget_left = w("callback.budget_left", hpo.worker.budget_left)
-    optuna.storages.fail_stale_trials = w("fail_stale_trials", optuna.storages.fail_stale_trials)
+    hpo.plots.plot_learning_curve = w("artifacts.plot_png", hpo.plots.plot_learning_curve)
+    hpo.artifacts.upload_artifact = w("artifacts.upload", hpo.artifacts.upload_artifact)
+    _wrap_methods(timers, hpo.runner.TrialRunner, {
+        "run": "runner", "_record": "runner.record", "_resume": "runner.resume"})
+    _wrap_methods(timers, hpo.artifacts.ArtifactPublisher, {
+        "curve_and_config": "artifacts.curve_and_config", "model_if_best": "artifacts.best_model"})
+    _wrap_methods(timers, hpo.checkpoints.CheckpointStore, {
+        "save": "checkpoint.save", "load": "checkpoint.load", "remove": "checkpoint.remove"})
+    # Not run_one: it spans a whole trial and the gaps on both sides of it (see _breakdown)
+    _wrap_methods(timers, hpo.loop.WorkerLoop, {"_tell": "loop.tell"})
+    hpo.loop.tally = w("loop.tally", hpo.loop.tally)
+    hpo.loop.gives_way = w("loop.gives_way", hpo.loop.gives_way)
+    hpo.budget.stored_budget = w("loop.stored_budget", hpo.budget.stored_budget)
+    # Labelled storage.*: the reaper's own query bypasses the storage's public methods
+    _wrap_methods(timers, hpo.reaper.Reaper, {
+        "reap": "reaper.reap", "_running_heartbeats": "storage.running_heartbeats"})
+    _wrap_methods(timers, hpo.progress.Progress, {
+        "epoch": "progress.epoch", "trial_done": "progress.trial_done",
+        "_count_finished": "progress._count_finished"})
 
 
 def _breakdown(events, start: float, end: float) -> dict[str, float]:
@@ -408,7 +449,7 @@ def part_b(args) -> dict:
         worker_args = _worker_args(url, artifacts, [
             "--n-trials", str(args.trials), "--epochs", str(args.epochs),
             "--train-size", str(args.train_size), "--seed", "0"])
-        worker_args.study, worker_args.space = "stage1_layers", None
+        worker_args.study, worker_args.space = "stage1_layers", None  # a stage's own study
         started = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -470,8 +511,8 @@ def part_b(args) -> dict:
         "share_pooled": round(1 - trainings / walls, 4) if walls else None,
         # Including what the worker does between one trial's end and the next one's start.
         "share_pooled_with_gaps": round(1 - trainings / (walls + gaps), 4) if walls else None,
-        # The first trial of a process also pays one-time imports (torch._dynamo on the first
-        # optimizer, matplotlib on the first plot).
+        # The first trial of a process still pays one-time costs that run_worker's warm-up
+        # (imports only) does not: matplotlib's first figure in the first learning-curve plot.
         "share_mean_excluding_first": round(statistics.mean(later), 4) if later else None,
         "share_median_excluding_first": round(statistics.median(later), 4) if later else None,
         "share_max_excluding_first": round(max(later), 4) if later else None,

@@ -2,7 +2,8 @@
 
 Variants, each on its own study in one scratch database, all with the same history:
 
-- ``ours``: ``hpo.storage.open_storage`` (heartbeat on, as workers open it) and the sampler of
+- ``ours``: ``hpo.storage.open_storage`` (heartbeat on, as workers open it, so ``ask`` also
+  records the heartbeat of the trial it claims) and the sampler of
   ``hpo.study.make_sampler`` for a tpe Settings (TPESampler(constant_liar=True, multivariate=True));
 - ``plain``: ``optuna.storages.RDBStorage(url)`` and ``TPESampler()``;
 - ``ours-univariate``: ours' storage, TPESampler(constant_liar=True), to attribute the cost of
@@ -158,6 +159,16 @@ def _time_sampler(sampler) -> list[float]:
     return spent
 
 
+def _close(storage) -> None:
+    """Release a variant's connections before the scratch database is dropped."""
+    storage.remove_session()
+    if hasattr(storage, "dispose"):  # hpo's RetryingStorage (ours)
+        storage.dispose()
+    else:  # Optuna's trial cache over a plain RDBStorage
+        with contextlib.suppress(Exception):
+            storage._backend.engine.dispose()
+
+
 def ask_tell(study, rng: random.Random) -> None:
     trial = study.ask()
     params = {  # the suggest calls a stage makes; the same as distributions()
@@ -248,9 +259,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         for study, _ in opened.values():
-            study._storage.remove_session()
-            with contextlib.suppress(Exception):
-                study._storage._backend.engine.dispose()
+            _close(study._storage)
     summary = {"summary": True, "seconds": round(time.perf_counter() - started, 1),
                "median_ms": {str(size): {r["variant"]: r["median_ms"] for r in rows
                                          if r["size"] == size} for size in args.sizes},

@@ -38,7 +38,7 @@ from hpo.config import Config  # noqa: E402
 from hpo.data import DeviceData, load_images  # noqa: E402
 from hpo.errors import HpoError  # noqa: E402
 from hpo.model import build_model  # noqa: E402
-from hpo.train import make_optimizer, resolve_device  # noqa: E402
+from hpo.train import configure_backend, make_optimizer, resolve_device  # noqa: E402
 
 log = logging.getLogger("trainer_throughput")
 
@@ -161,6 +161,7 @@ def emit(record: dict) -> None:
 
 def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    configure_backend(device)  # as the worker and hpo train do before fit (cuDNN autotuning)
     archs = {name: ARCHITECTURES[name] for name in args.archs}
     n_batches = {name: -(-(args.images or default) // args.batch_size)
                  for name, (_, default) in archs.items()}

@@ -89,6 +89,8 @@ class ReaperThread(threading.Thread):
         self.reaper, self.studies, self.halt = reaper, studies, threading.Event()
 
     def run(self) -> None:
+        if not self.reaper.interval:  # no heartbeats, nothing to judge staleness by
+            return
         while not self.halt.wait(self.reaper.interval):
             for study in self.studies():
                 try:

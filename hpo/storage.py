@@ -154,21 +154,22 @@ class Outage:
                 log.warning("database still unreachable after %.0fs (%s)", now - self._since,
                             first_line(e))
 
-    @contextlib.contextmanager
-    def waiting(self):
+    def started_waiting(self) -> None:
         with self._lock:
             self._waiting += 1
-        try:
-            yield
-        finally:  # however the call ended, this process's view of the outage moves on
-            now = time.monotonic()
-            with self._lock:
-                self._waiting -= 1
-                self.ended_at = now
-                if self._waiting == 0 and self._since is not None:
-                    log.warning("database %s reachable again after %.1fs; carrying on",
-                                mask(self.url), now - self._since)
-                    self._since = None
+
+    def stopped_waiting(self, recovered: bool) -> None:
+        """A waiting call ended: it got through (the database is back) or it gave up."""
+        now = time.monotonic()
+        with self._lock:
+            self._waiting -= 1
+            self.ended_at = now  # either way, the quiet period before reaping starts again
+            if recovered and self._since is not None:
+                log.warning("database %s reachable again after %.1fs; carrying on",
+                            mask(self.url), now - self._since)
+                self._since = None
+            elif self._waiting == 0:
+                self._since = None  # the next outage gets its own first line
 
     def quiet_for(self) -> float:
         """Seconds since this process last waited for the database (0 while it waits)."""
@@ -223,12 +224,14 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             self._local.inside = False
 
     def _retry(self, method: Callable, *args, **kwargs):
-        start, delay = time.monotonic(), FIRST_BACKOFF
-        waiting = None
+        start, delay, waiting = time.monotonic(), FIRST_BACKOFF, False
+        recovered = False
         try:
             while True:
                 try:
-                    return method(*args, **kwargs)
+                    result = method(*args, **kwargs)
+                    recovered = True
+                    return result
                 except _OPTUNA_ERRORS:
                     raise  # Optuna's own signals (no such study, finished trial): not ours
                 except Exception as e:
@@ -243,15 +246,15 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                             f"database {mask(self.url)} unreachable for {waited:.0f}s, longer "
                             f"than the outage timeout ({self.outage.timeout:g}s): "
                             f"{first_line(e)}; giving up") from None
-                    if waiting is None:
-                        waiting = self.outage.waiting()
-                        waiting.__enter__()
+                    if not waiting:
+                        self.outage.started_waiting()
+                        waiting = True
                     self.outage.seen(e)
                     time.sleep(min(delay, max(0.05, self.outage.timeout - waited)))
                     delay = min(delay * 2, MAX_BACKOFF)
         finally:
-            if waiting is not None:
-                waiting.__exit__(None, None, None)
+            if waiting:
+                self.outage.stopped_waiting(recovered)
 
     # Trials this process starts running: the heartbeat starts with them.
     def create_new_trial(self, study_id: int, template_trial=None) -> int:

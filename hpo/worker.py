@@ -71,6 +71,17 @@ def _warm_up() -> None:
     from matplotlib.backends import backend_agg  # noqa: F401
 
 
+def check_worker_flags(args: argparse.Namespace) -> None:
+    """The worker's own flags (the study's settings are checked by hpo.study), before any
+    side effect."""
+    for flag, value, least in (("--heartbeat", args.heartbeat, 1), ("--grace", args.grace, 1),
+                               ("--outage-timeout", args.outage_timeout, 0),
+                               ("--checkpoint-every", args.checkpoint_every, 0),
+                               ("--timeout", args.timeout, 0)):
+        if value is not None and value < least:
+            raise HpoError(f"{flag} {value:g} is invalid; allowed: {least} or more")
+
+
 def run_worker(args: argparse.Namespace, device_name: str) -> int:
     """One worker process: join the study, then run trials until the budget or a signal."""
     from hpo import data as data_module
@@ -87,6 +98,7 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     from hpo.study import make_pruner, make_sampler, open_study, settings_flags
     from hpo.train import configure_backend, resolve_device
 
+    check_worker_flags(args)
     device = resolve_device(device_name)
     url = resolve_url(args.storage)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from hpo.launcher import plan_slots, supervise
 
+        check_worker_flags(args)
         slots = plan_slots(args.devices, args.jobs_per_device)
         if len(slots) == 1 and not slots[0].visible_devices:
             return run_worker(args, slots[0].device)

@@ -1,0 +1,132 @@
+"""The stale-trial reaper: checked per study, back on after an outage, never fails a live trial."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from hpo.heartbeat import Heartbeat
+from hpo.reaper import Reaper
+from hpo.storage import MAX_BACKOFF, DatabaseUnavailable, open_storage
+from tests.workers import wait_for
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def _dead_trial(study: optuna.Study, storage) -> int:
+    """A RUNNING trial with one heartbeat and no worker beating for it any more: its id."""
+    number = study.ask().number
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+    storage.record_heartbeat(trial_id)
+    return trial_id
+
+
+def _states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+
+
+def _failed_and_queued_again(study: optuna.Study) -> bool:
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    return ([t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+            and RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0)
+
+
+def test_stale_check_of_one_study_does_not_skip_the_next(sqlite_url):
+    storage = open_storage(sqlite_url, heartbeat=1, grace=1)
+    plain = open_storage(sqlite_url, heartbeat=1, grace=1)  # no Reaper: Optuna's own check
+    studies = {name: optuna.create_study(study_name=name, storage=storage) for name in "ABCD"}
+    for study in studies.values():
+        _dead_trial(study, storage)
+    judge = RDBStorage(sqlite_url, heartbeat_interval=1, grace_period=1)  # Optuna's verdict
+    try:
+        wait_for(lambda: all(judge._get_stale_trial_ids(storage.get_study_id_from_name(name))
+                             for name in studies), 30, "all four trials to be stale")
+    finally:
+        judge.engine.dispose()
+
+    reaper = Reaper(storage)
+    reaper.reap(studies["A"])
+    reaper.reap(studies["B"])  # right after A: a per-storage throttle skipped this one
+    optuna.storages.fail_stale_trials(optuna.load_study(study_name="C", storage=plain))
+    optuna.storages.fail_stale_trials(optuna.load_study(study_name="D", storage=plain))
+    for name, study in studies.items():
+        assert _failed_and_queued_again(study), (name, _states(study))
+
+
+def test_reaping_resumes_after_a_storage_call_gave_up(throwaway_pg):
+    storage = open_storage(throwaway_pg.url(), heartbeat=1, grace=2, outage_timeout=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = _dead_trial(study, storage)
+    reaper = Reaper(storage)
+    throwaway_pg.stop()
+    with pytest.raises(DatabaseUnavailable):
+        storage.get_all_studies()
+    throwaway_pg.start()
+
+    def reaped() -> bool:
+        reaper.reap(study, force=True)
+        return storage.get_trial(trial_id).state == TrialState.FAIL
+
+    # Quiet for the grace period plus the longest backoff after the outage, then reaping again.
+    wait_for(reaped, storage.grace_period() + MAX_BACKOFF + 30, "the dead trial to be reaped",
+             interval=0.5)
+    assert _failed_and_queued_again(study), _states(study)
+
+
+class SlowAskSampler(optuna.samplers.RandomSampler):
+    """A sampler whose work at the start of each trial (in study.ask) takes until released, like
+    a GP sampler over a long history."""
+
+    def __init__(self):
+        super().__init__(seed=0)
+        self.asking, self.release = threading.Event(), threading.Event()
+
+    def before_trial(self, study, trial):
+        super().before_trial(study, trial)
+        self.asking.set()
+        self.release.wait(60)
+
+
+def test_slow_ask_is_not_mistaken_for_a_dead_worker(sqlite_url):
+    grace = 3
+    storage = open_storage(sqlite_url, heartbeat=1, grace=grace)
+    heartbeat = Heartbeat(storage)
+    heartbeat.start()
+    storage.on_claim = lambda trial_id, fresh: heartbeat.track(trial_id)  # as WorkerLoop does
+    sampler = SlowAskSampler()
+    study = optuna.create_study(study_name="slow", storage=storage, sampler=sampler)
+    asked, errors = [], []
+
+    def ask():
+        try:
+            trial = study.ask()
+            trial.suggest_float("x", 0, 1)
+            asked.append(trial.number)
+        except BaseException as e:
+            errors.append(e)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    try:
+        assert sampler.asking.wait(30), "study.ask never reached the sampler"
+        other = open_storage(sqlite_url, heartbeat=1, grace=grace)  # another worker's view
+        theirs = optuna.load_study(study_name="slow", storage=other)
+        reaper = Reaper(other)
+        until = time.monotonic() + grace + 2  # judged by the other worker for a grace and more
+        while time.monotonic() < until:
+            reaper.reap(theirs, force=True)
+            assert _states(theirs) == [TrialState.RUNNING]
+            time.sleep(0.25)
+    finally:
+        sampler.release.set()
+        asker.join(30)
+        heartbeat.stop()
+    assert not errors, errors
+    assert asked == [0] and _states(study) == [TrialState.RUNNING]
