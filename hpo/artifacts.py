@@ -19,11 +19,11 @@ class ArtifactPublisher:
         self.store = artifact_store
 
     def curve_and_config(self, trial: optuna.Trial, history: list[dict], config: dict) -> None:
-        from hpo.plots import plot_learning_curve
+        from hpo.curve_png import learning_curve_png
 
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                curve = plot_learning_curve(history, Path(tmp) / f"learning-curve-trial{trial.number}.png",
+                curve = learning_curve_png(history, Path(tmp) / f"learning-curve-trial{trial.number}.png",
                                             title=f"trial {trial.number}")
                 upload_artifact(artifact_store=self.store, file_path=str(curve),
                                 study_or_trial=trial, mimetype="image/png")

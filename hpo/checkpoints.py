@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,37 @@ class CheckpointStore:
 
     def __init__(self, artifact_store) -> None:
         self.artifact_store = artifact_store
+        self._writer = None  # one background thread, created on first use
+        self._pending: list = []
+
+    def save_in_background(self, artifact_id: str, state: dict[str, Any],
+                           then: Callable[[], None] | None = None) -> None:
+        """``save`` on a writer thread, then ``then()`` (e.g. record where the checkpoint is):
+        serialising and writing stay off the training path. ``state`` must not change
+        afterwards (hpo.train's snapshots are host copies). Saves run in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-checkpoint")
+
+        def write() -> None:
+            try:
+                self.save(artifact_id, state)
+                if then is not None:
+                    then()
+            except Exception as e:  # a missed checkpoint costs a longer re-run, never the trial
+                log.warning("checkpoint %s not saved (%s: %s)", artifact_id, type(e).__name__,
+                            _first_line(e))
+
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._writer.submit(write))
+
+    def wait(self) -> None:
+        """Block until every background save has finished (before a trial ends or is queued
+        again, so that its pointer names a complete checkpoint)."""
+        for future in self._pending:
+            future.result()
+        self._pending = []
 
     def save(self, artifact_id: str, state: dict[str, Any]) -> None:
         """Serialise ``state`` (tensors anywhere, best already on the CPU) under ``artifact_id``."""

@@ -101,8 +101,10 @@ class TrialRunner:
             history.append(m)
             every = self.spec.checkpoint_every
             if every and m.epoch % every == 0 and m.epoch < config.epochs:
-                self.checkpoints.save(checkpoint_id, {"config": config.to_dict(), **snapshot()})
-                trial.set_user_attr("checkpoint", {"artifact_id": checkpoint_id, "epoch": m.epoch})
+                pointer = {"artifact_id": checkpoint_id, "epoch": m.epoch}
+                self.checkpoints.save_in_background(
+                    checkpoint_id, {"config": config.to_dict(), **snapshot()},
+                    then=lambda: self._point_to(trial, pointer))
             if self.on_epoch is not None:
                 self.on_epoch(trial, m)
             if self.spec.prunable and trial.should_prune():
@@ -110,7 +112,10 @@ class TrialRunner:
                                          f"{m.epoch} is below the pruner's threshold")
 
         try:
-            result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop)
+            try:
+                result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop)
+            finally:
+                self.checkpoints.wait()  # every pointer names a complete checkpoint from here
         except optuna.TrialPruned as e:
             self._record(trial, history, config)
             return self._pruned(trial, str(e))
@@ -155,13 +160,18 @@ class TrialRunner:
         self.publisher.curve_and_config(trial, rows, config.to_dict())
 
     @staticmethod
+    def _point_to(trial: optuna.Trial, pointer: dict[str, Any]) -> None:
+        try:
+            trial.set_user_attr("checkpoint", pointer)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # the trial was reaped meanwhile; its retry has the previous checkpoint
+
+    @staticmethod
     def _checkpoint_id(trial: optuna.Trial) -> str:
-        # A retry inherits its user attributes, and so the checkpoint of the trial it retries.
-        checkpoint_id = trial.user_attrs.get("checkpoint_id")
-        if checkpoint_id is None:
-            checkpoint_id = f"checkpoint-{uuid.uuid4().hex}"
-            trial.set_user_attr("checkpoint_id", checkpoint_id)
-        return checkpoint_id
+        # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
+        # a new trial's id is stored with its first checkpoint's pointer.
+        pointer = trial.user_attrs.get("checkpoint")
+        return pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
 
     def _resume(self, trial: optuna.Trial, checkpoint_id: str, config: Config) -> dict | None:
         pointer = trial.user_attrs.get("checkpoint")  # inherited from the trial this one retries
