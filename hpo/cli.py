@@ -1,4 +1,5 @@
-"""``hpo``: train, stages, status, export, dashboard, report. Usage errors are one line, exit 1."""
+"""``hpo``: train, stages, status, export, dashboard, report. Errors are one line: exit 2 for a
+usage error, 1 for a failure at run time."""
 
 from __future__ import annotations
 
@@ -68,17 +69,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_create_study(args: argparse.Namespace) -> int:
-    from hpo.storage import open_storage
-    from hpo.study import check_flags, open_study, settings_flags, update_budget
+    from hpo.storage import open_storage, resolve_url
+    from hpo.study import open_study, preflight, settings_flags, update_budget
 
     flags = settings_flags(args)
-    check_flags(flags)
+    if not args.update:
+        preflight(resolve_url(args.storage), args.study, args.space, flags, args.after,
+                  args.from_file)
     if args.update:
         others = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and k != "n_trials"]
         if args.n_trials is None or others or args.after or args.from_file or args.space:
             raise HpoError("--update changes only the budget: pass --study and --n-trials alone"
                            + (f" (got {', '.join(others)})" if others else ""))
-    storage = open_storage(args.storage, outage_timeout=args.outage_timeout)
+    storage = open_storage(args.storage, outage_timeout=args.outage_timeout,
+                           create=not args.update)
     exists = args.study in {s.study_name for s in storage.get_all_studies()}
     if args.update:
         if not exists:
@@ -113,7 +117,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hpo.status import status_table
     from hpo.storage import open_storage
 
-    print(status_table(open_storage(args.storage, outage_timeout=args.outage_timeout), args.study))
+    print(status_table(open_storage(args.storage, outage_timeout=args.outage_timeout,
+                                    create=False), args.study))
     return 0
 
 
@@ -121,7 +126,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hpo.export import export
     from hpo.storage import open_storage
 
-    doc = export(open_storage(args.storage, outage_timeout=args.outage_timeout), args.study,
+    doc = export(open_storage(args.storage, outage_timeout=args.outage_timeout, create=False),
+                 args.study,
                  args.top, args.trial)
     text = json.dumps(doc, indent=2)
     if args.output:
@@ -143,7 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from hpo.report import write_report
     from hpo.storage import open_storage
 
-    storage = open_storage(args.storage, outage_timeout=args.outage_timeout)
+    storage = open_storage(args.storage, outage_timeout=args.outage_timeout, create=False)
     names = args.study or sorted(s.study_name for s in storage.get_all_studies())
     known = {s.study_name for s in storage.get_all_studies()}
     for name in names:
@@ -155,26 +161,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpo", description=__doc__)
+    from hpo.flags import OneLineParser, at_least, between, one_of
+    from hpo.objectives import KNOWN as OBJECTIVES
+    from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
+
+    p = OneLineParser(prog="hpo", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     def storage_flag(q):
         q.add_argument("--storage", help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
-        q.add_argument("--outage-timeout", type=float, default=60,
+        q.add_argument("--outage-timeout", type=at_least(0, float), default=60,
                        help="seconds to wait for a database that goes away mid-command (default 60)")
 
     t = sub.add_parser("train", help="train one configuration (a config or an export JSON)")
     t.add_argument("config", help="config JSON or `hpo export` output")
     t.add_argument("--dataset", help="default: the export's dataset, else cifar10-sample")
-    t.add_argument("--epochs", type=int, help="override the config's epochs")
-    t.add_argument("--train-size", type=int, help="train on a subset of this many images")
+    t.add_argument("--epochs", type=at_least(1), help="override the config's epochs")
+    t.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--bf16", action="store_true",
                    help="bf16 autocast (default: as the exported trial ran)")
-    t.add_argument("--matmul-precision",
+    t.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
                    help="highest | high | medium (default: as the exported trial ran)")
-    t.add_argument("--threads", type=int,
+    t.add_argument("--threads", type=at_least(1),
                    help="CPU threads (default: the export's, so results match the trial)")
     t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -184,20 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     storage_flag(c)
     c.add_argument("--study", required=True)
     c.add_argument("--space", help="stage to search when the study name is not a stage name")
-    c.add_argument("--n-trials", type=int, help="study-wide trial budget")
-    c.add_argument("--sampler", help="tpe | random | grid | gp | cmaes")
-    c.add_argument("--pruner", help="median | hyperband | none")
-    c.add_argument("--objectives", help="accuracy | accuracy,time | accuracy,params")
+    c.add_argument("--n-trials", type=at_least(0), help="study-wide trial budget")
+    c.add_argument("--sampler", type=one_of(*SAMPLERS), help="tpe | random | grid | gp | cmaes")
+    c.add_argument("--pruner", type=one_of(*PRUNERS), help="median | hyperband | none")
+    c.add_argument("--objectives", type=one_of(*OBJECTIVES), help="accuracy | accuracy,time | accuracy,params")
     c.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
-    c.add_argument("--epochs", type=int)
-    c.add_argument("--train-size", type=int)
-    c.add_argument("--val-fraction", type=float,
+    c.add_argument("--epochs", type=at_least(1))
+    c.add_argument("--train-size", type=at_least(1))
+    c.add_argument("--val-fraction", type=between(0, 1, float, open_ends=True),
                    help="share of the training set held out for validation (default 0.1)")
-    c.add_argument("--seed", type=int)
+    c.add_argument("--seed", type=at_least(0))
     c.add_argument("--after", help="study whose best trial to freeze from")
     c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
     c.add_argument("--bf16", action="store_true", help="bf16 autocast for every trial")
-    c.add_argument("--matmul-precision", help="float32 matmul precision: highest | high | medium")
+    c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul precision: highest | high | medium")
     c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")
     c.add_argument("--update", action="store_true",
                    help="change an existing study's budget (--n-trials); running workers follow")
@@ -215,15 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     storage_flag(e)
     e.add_argument("--study", required=True)
     e.add_argument("-o", "--output", help="file to write (default: standard output)")
-    e.add_argument("--top", type=int, default=1, help="export the K best trials")
-    e.add_argument("--trial", type=int, help="export this trial number (e.g. a Pareto point)")
+    e.add_argument("--top", type=at_least(1), default=1, help="export the K best trials")
+    e.add_argument("--trial", type=at_least(0), help="export this trial number (e.g. a Pareto point)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("dashboard", help="optuna-dashboard on the same storage, with artifacts")
     storage_flag(d)
     d.add_argument("--artifacts", help="artifact folder (default: $HPO_ARTIFACTS, else beside the db)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--port", type=between(1, 65535), default=8080)
     d.set_defaults(func=cmd_dashboard)
 
     r = sub.add_parser("report", help="PNG plots and one offline HTML page per storage")
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"hpo: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
 

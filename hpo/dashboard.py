@@ -13,7 +13,7 @@ def serve(storage_flag: str | None, artifacts_flag: str | None, host: str, port:
     from optuna_dashboard import run_server
 
     url = resolve_url(storage_flag)
-    storage = open_storage(url).rdb  # the dashboard reads Optuna's own RDB storage
+    storage = open_storage(url, create=False).rdb  # the dashboard reads Optuna's own RDB storage
     store = open_artifact_store(artifacts_flag, url)
     print(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     run_server(storage, host=host, port=port, artifact_store=store)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, HpoFailure
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _iter_image_files(source: Path) -> Iterator[tuple[str, bytes]]:
                         assert f is not None
                         yield member.name, f.read()
         except tarfile.TarError as e:
-            raise HpoError(f"{str(source)!r} is not a readable .tar/.tar.gz archive ({e})") from None
+            raise HpoFailure(f"{str(source)!r} is not a readable .tar/.tar.gz archive ({e})") from None
     else:
         for root, dirs, files in os.walk(source):
             dirs.sort()
@@ -134,11 +134,11 @@ def _decode_tree(source: Path) -> ImageSet:
             if len(parts) == depth + 3 and parts[depth] in found:
                 found[parts[depth]].setdefault(parts[depth + 1], []).append(blob)
     if not found["train"] or not found["test"]:
-        raise HpoError(f"{str(source)!r} holds no train/<class>/ and test/<class>/ image folders")
+        raise HpoFailure(f"{str(source)!r} holds no train/<class>/ and test/<class>/ image folders")
     classes = sorted(found["train"])
     extra = sorted(set(found["test"]) - set(classes))
     if extra:
-        raise HpoError(f"{str(source)!r}: test classes {extra} do not appear under train/")
+        raise HpoFailure(f"{str(source)!r}: test classes {extra} do not appear under train/")
     out = {}
     for split, by_class in found.items():
         xs, ys = [], []
@@ -148,7 +148,7 @@ def _decode_tree(source: Path) -> ImageSet:
                 ys.append(label)
         shapes = {x.shape for x in xs}
         if len(shapes) != 1:
-            raise HpoError(f"{str(source)!r}: images differ in size {sorted(shapes)[:3]}; "
+            raise HpoFailure(f"{str(source)!r}: images differ in size {sorted(shapes)[:3]}; "
                            "all must share one size")
         out[split] = (torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(),
                       torch.tensor(ys, dtype=torch.int64))

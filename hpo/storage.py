@@ -32,7 +32,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface fail_stale_trials checks
 from optuna.trial import TrialState
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, HpoFailure
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,12 @@ OUTAGE_LOG_EVERY = 10.0  # seconds between "still unreachable" lines
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 10.0  # seconds between retries while the database is away
 
 
-class StorageError(HpoError):
+class StorageError(HpoFailure):
     """The database answered with an error that waiting will not fix (missing table, refused
     password, permission): one line, at once."""
 
 
-class DatabaseUnavailable(HpoError):
+class DatabaseUnavailable(HpoFailure):
     """The database stayed unreachable for longer than the outage timeout."""
 
 
@@ -76,6 +76,14 @@ def parse_url(url: str) -> sqlalchemy.engine.URL:
         raise HpoError(f"storage scheme {parsed.drivername!r} is not supported; use one of "
                        f"{', '.join(SCHEMES)}")
     return parsed
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an embedded database URL; None for a server or an in-memory database."""
+    parsed = parse_url(url)
+    if parsed.drivername == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(parsed.database)
+    return None
 
 
 def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
@@ -343,7 +351,7 @@ _LOCK_KEY = 0x6870_6F5F  # "hpo_": any constant shared by all hpo processes
 
 
 def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace: int | None = None,
-                 outage_timeout: float = 600.0) -> RetryingStorage:
+                 outage_timeout: float = 600.0, create: bool = True) -> RetryingStorage:
     """Connect to the study database, failing with one line if it is unreachable or refuses us.
 
     With ``heartbeat`` set, trials of dead workers are failed after ``grace`` seconds and queued
@@ -351,15 +359,14 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
     """
     url = resolve_url(flag)
     parsed = parse_url(url)
-    if parsed.drivername == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        path = Path(parsed.database)
+    path = sqlite_file(url)
+    if path is not None:
         if not path.parent.exists():
             raise HpoError(f"storage {url!r}: folder {str(path.parent)!r} does not exist")
-        try:
-            with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block
-                conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.Error as e:
-            raise HpoError(f"cannot open storage {url}: {e}") from None
+        if not create and not path.exists():
+            raise HpoError(f"storage {url!r}: {str(path)!r} does not exist; pass the --storage "
+                           "the workers used (or set HPO_STORAGE)")
+        _check_sqlite_file(url, path)
     try:
         with _schema_lock(url, parsed):
             rdb = RDBStorage(
@@ -367,12 +374,31 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
                 grace_period=grace,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                     max_retry=3, inherit_intermediate_values=True) if heartbeat else None)
+    except RuntimeError as e:
+        if "no longer compatible with the table schema" not in str(e):
+            raise
+        raise HpoFailure(f"storage {mask(url)}: its tables were written by another Optuna "
+                         f"version than this one ({optuna.__version__}); use the Optuna that "
+                         "wrote it, or run `optuna storage upgrade` for an older database") from None
     except Exception as e:
         if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
                           sqlite3.Error)) or is_outage(e):
-            raise HpoError(f"cannot open storage {mask(url)}: {first_line(e)}") from None
+            raise HpoFailure(f"cannot open storage {mask(url)}: {first_line(e)}") from None
         raise
     return RetryingStorage(rdb, outage_timeout)
+
+
+def _check_sqlite_file(url: str, path: Path) -> None:
+    """One line, naming the file and what to do, for a file that cannot be our database."""
+    if path.exists() and not os.access(path, os.W_OK):
+        raise HpoFailure(f"storage {url!r}: {str(path)!r} is read-only; workers must write to it "
+                         "(fix its permissions, or copy it and open the copy)")
+    try:
+        with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as e:
+        raise HpoFailure(f"storage {url!r}: {str(path)!r} is not an SQLite database ({e}); pass "
+                         "another file, or move this one away") from None
 
 
 def artifact_dir(flag: str | None, storage_url: str) -> Path:

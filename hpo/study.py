@@ -91,6 +91,26 @@ def check_flags(flags: dict[str, Any]) -> None:
         check_dataset_name(flags["dataset"])
 
 
+def preflight(url: str, study_name: str, space: str | None, flags: dict[str, Any],
+              after: str | None, from_file: str | None) -> None:
+    """Everything about a worker's or create-study's request that can be checked without the
+    database, checked before it is opened (opening an embedded one creates its file)."""
+    from hpo.storage import parse_url, sqlite_file
+
+    check_flags(flags)
+    parse_url(url)
+    if space is not None:
+        get_stage(space)
+    if from_file:
+        config_from_document(load_json(from_file), from_file)
+    path = sqlite_file(url)
+    if path is not None and not path.exists():  # a new embedded database: no study in it yet
+        if space is None:
+            get_stage(study_name)
+        if after:
+            raise HpoError(f"--after {after!r}: no such study; {path} does not exist yet")
+
+
 def new_settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any]) -> Settings:
     """A new study's settings: flags over the stage's defaults."""
     given = {k: v for k, v in flags.items() if v is not None}

@@ -20,38 +20,42 @@ log = logging.getLogger("hpo.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from hpo.flags import OneLineParser, at_least, between, one_of
+    from hpo.objectives import KNOWN as OBJECTIVES
+    from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
+
+    p = OneLineParser(
         prog="hpo-worker", description="Run trials of a stage study from a shared storage.")
     p.add_argument("--study", required=True, help="study name (a stage name, or any with --space)")
     p.add_argument("--space", help="stage to search when the study name is not a stage name")
     p.add_argument("--storage", help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
     p.add_argument("--artifacts", help="artifact folder (default: $HPO_ARTIFACTS, else beside the db)")
-    p.add_argument("--n-trials", type=int, help="study-wide trial budget shared by all workers")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--sampler", help="tpe | random | grid | gp | cmaes (default tpe)")
-    p.add_argument("--pruner", help="median | hyperband | none (default median)")
-    p.add_argument("--objectives", help="accuracy | accuracy,time | accuracy,params")
+    p.add_argument("--n-trials", type=at_least(0), help="study-wide trial budget shared by all workers")
+    p.add_argument("--timeout", type=at_least(0, float), help="stop starting trials after this many seconds")
+    p.add_argument("--sampler", type=one_of(*SAMPLERS), help="tpe | random | grid | gp | cmaes (default tpe)")
+    p.add_argument("--pruner", type=one_of(*PRUNERS), help="median | hyperband | none (default median)")
+    p.add_argument("--objectives", type=one_of(*OBJECTIVES), help="accuracy | accuracy,time | accuracy,params")
     p.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default: the stage's)")
-    p.add_argument("--train-size", type=int, help="train on a subset of this many images")
-    p.add_argument("--val-fraction", type=float,
+    p.add_argument("--epochs", type=at_least(1), help="epochs per trial (default: the stage's)")
+    p.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")
+    p.add_argument("--val-fraction", type=between(0, 1, float, open_ends=True),
                    help="share of the training set held out for validation (default 0.1)")
-    p.add_argument("--seed", type=int, help="training seed; also seeds the sampler (+ slot index)")
+    p.add_argument("--seed", type=at_least(0), help="training seed; also seeds the sampler (+ slot index)")
     p.add_argument("--after", help="study whose best trial to freeze from (default: the stage "
                                    "this one builds on)")
     p.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:0,cuda:1,... (default auto)")
-    p.add_argument("--jobs-per-device", type=int, default=1, help="worker processes per device")
+    p.add_argument("--jobs-per-device", type=at_least(1), default=1, help="worker processes per device")
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast (a study setting: every worker and hpo train use it)")
-    p.add_argument("--matmul-precision", help="float32 matmul precision: highest | high | medium "
+    p.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul precision: highest | high | medium "
                                               "(a study setting; default highest)")
-    p.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
-    p.add_argument("--grace", type=int, default=30,
+    p.add_argument("--heartbeat", type=at_least(1), default=10, help="heartbeat interval in seconds")
+    p.add_argument("--grace", type=at_least(1), default=30,
                    help="seconds without heartbeat before a trial is failed and re-queued")
-    p.add_argument("--outage-timeout", type=float, default=600,
+    p.add_argument("--outage-timeout", type=at_least(0, float), default=600,
                    help="how long to wait for an unreachable database before giving up")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0: never)")
+    p.add_argument("--checkpoint-every", type=at_least(0), default=1, help="epochs between checkpoints (0: never)")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.add_argument("--debug", action="store_true", help="tracebacks for errors")
     return p
@@ -71,17 +75,6 @@ def _warm_up() -> None:
     from matplotlib.backends import backend_agg  # noqa: F401
 
 
-def check_worker_flags(args: argparse.Namespace) -> None:
-    """The worker's own flags (the study's settings are checked by hpo.study), before any
-    side effect."""
-    for flag, value, least in (("--heartbeat", args.heartbeat, 1), ("--grace", args.grace, 1),
-                               ("--outage-timeout", args.outage_timeout, 0),
-                               ("--checkpoint-every", args.checkpoint_every, 0),
-                               ("--timeout", args.timeout, 0)):
-        if value is not None and value < least:
-            raise HpoError(f"{flag} {value:g} is invalid; allowed: {least} or more")
-
-
 def run_worker(args: argparse.Namespace, device_name: str) -> int:
     """One worker process: join the study, then run trials until the budget or a signal."""
     from hpo import data as data_module
@@ -95,12 +88,12 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
     from hpo.reaper import Reaper, ReaperThread
     from hpo.runner import TrialRunner, TrialSpec
     from hpo.storage import open_artifact_store, open_storage, resolve_url
-    from hpo.study import make_pruner, make_sampler, open_study, settings_flags
+    from hpo.study import make_pruner, make_sampler, open_study, preflight, settings_flags
     from hpo.train import configure_backend, resolve_device
 
-    check_worker_flags(args)
     device = resolve_device(device_name)
     url = resolve_url(args.storage)
+    preflight(url, args.study, args.space, settings_flags(args), args.after, args.from_file)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
                            outage_timeout=args.outage_timeout)
     try:
@@ -170,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from hpo.launcher import plan_slots, supervise
 
-        check_worker_flags(args)
         slots = plan_slots(args.devices, args.jobs_per_device)
         if len(slots) == 1 and not slots[0].visible_devices:
             return run_worker(args, slots[0].device)
@@ -179,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"hpo-worker: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
 
 
 if __name__ == "__main__":
