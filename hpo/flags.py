@@ -16,7 +16,7 @@ class OneLineParser(argparse.ArgumentParser):
         flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
         if flag:
             message = f"{flag.group(1)} {flag.group(2)}"
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")  # "hpo", not "hpo export"
 
     def exit(self, status: int = 0, message: str | None = None):
         if message:

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -338,11 +339,17 @@ def _schema_lock(url: str, parsed: sqlalchemy.engine.URL):
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                       connect_args=engine_kwargs(parsed)["connect_args"])
     try:
-        # A transaction-scoped lock: it holds one server connection for the transaction, so it
-        # also works through a transaction-pooling PgBouncer, and ends with the transaction.
-        with engine.begin() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-            yield
+        # A transaction-scoped lock, taken by polling: a worker waiting for it holds no server
+        # connection, so through a transaction-pooling PgBouncer with fewer server connections
+        # than starting workers the holder still gets the second connection it needs.
+        while True:
+            with engine.begin() as conn:
+                taken = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                     {"key": _LOCK_KEY}).scalar()
+                if taken:
+                    yield
+                    return
+            time.sleep(0.1 + random.random() * 0.4)
     finally:
         engine.dispose()
 

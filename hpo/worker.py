@@ -75,8 +75,26 @@ def _warm_up() -> None:
     from matplotlib.backends import backend_agg  # noqa: F401
 
 
-def run_worker(args: argparse.Namespace, device_name: str) -> int:
+def stop_on_signals() -> threading.Event:
+    """Set on SIGTERM/SIGINT. Installed first thing, so a signal during start-up (imports, data
+    loading) ends the worker cleanly (exit 0, no trial started) instead of killing it."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if not stop.is_set():
+            log.warning("%s received: failing the current trial (if any) so it is re-run, then "
+                        "exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def run_worker(args: argparse.Namespace, device_name: str,
+               stop: threading.Event | None = None) -> int:
     """One worker process: join the study, then run trials until the budget or a signal."""
+    stop = stop or stop_on_signals()
     from hpo import data as data_module
     from hpo.artifacts import ArtifactPublisher
     from hpo.budget import stored_budget, tally
@@ -117,16 +135,9 @@ def run_worker(args: argparse.Namespace, device_name: str) -> int:
         configure_backend(device, settings.matmul_precision)
         _warm_up()
         store = open_artifact_store(args.artifacts, url)
-        stop = threading.Event()
-
-        def on_signal(signum, frame):
-            if not stop.is_set():
-                log.warning("%s received: failing the current trial so it is re-run, then "
-                            "exiting", signal.Signals(signum).name)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        if stop.is_set():
+            log.warning("stopped during start-up; no trial started")
+            return 0
         objectives = parse_objectives(settings.objectives)
         spec = TrialSpec(stage, frozen, settings.epochs, settings.seed, objectives,
                          prunable=objectives.single and settings.pruner != "none",
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
         slots = plan_slots(args.devices, args.jobs_per_device)
         if len(slots) == 1 and not slots[0].visible_devices:
-            return run_worker(args, slots[0].device)
+            return run_worker(args, slots[0].device, stop_on_signals())
         return supervise(slots, sys.argv[1:] if argv is None else argv)
     except HpoError as e:
         if args.debug:

@@ -1,4 +1,4 @@
-"""Usage errors of hpo-worker and hpo: exit 1, one ``error:`` line naming the bad value and the
+"""Usage errors of hpo-worker and hpo: exit 2 (1 for a database that cannot be reached), one ``error:`` line naming the bad value and the
 valid ones, no traceback, and the study database left exactly as it was."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tests.conftest import run_cli
 
 STAGES = "stage1_layers, stage2_fc, stage3_filters"
 DB = "{db}"  # replaced by the populated database's URL
+EXIT = {"storage_unreachable": 1}  # a failure at run time; every other case is a usage error (2)
 # id: (argv, fragments the error line must contain, study name the command would create or touch)
 CASES = {
     "unknown_stage": (["hpo-worker", "--study", "stage3_filter", "--storage", DB],
@@ -105,7 +106,7 @@ def test_cli_error_is_one_line_naming_bad_and_valid_values(ran, case):
     results, _, _, tmp = ran
     argv, fragments, _ = CASES[case]
     result = results[case]
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.returncode == EXIT.get(case, 2), (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, result.stderr
@@ -119,7 +120,7 @@ def test_cli_error_is_one_line_naming_bad_and_valid_values(ran, case):
 @pytest.mark.parametrize("case", [c for c, (_, _, study) in CASES.items() if study])
 def test_cli_error_leaves_database_intact(ran, case):
     results, before, after, _ = ran
-    assert results[case].returncode == 1
+    assert results[case].returncode == EXIT.get(case, 2)
     study = CASES[case][2]
     assert after.get(study) == before.get(study), \
         f"a failing `{' '.join(CASES[case][0][:2])}` changed study {study!r}"

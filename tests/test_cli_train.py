@@ -1,4 +1,4 @@
-"""`hpo train CONFIG.json`: end to end in a subprocess, usage errors as one line and exit 1."""
+"""`hpo train CONFIG.json`: end to end in a subprocess, usage errors as one line and exit 2."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_cli_train_end_to_end(tmp_path):
 
 
 def assert_usage_error(r_code: int, stderr: str, *words: str) -> None:
-    assert r_code == 1
+    assert r_code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("hpo: error: ")
@@ -70,14 +70,17 @@ def test_cli_train_bad_json_in_subprocess(tmp_path):
       "filters": [4, 4, 4, 4]}, ["--train-size", "50"], ["impossible geometry"]),
     (CONFIG, ["--device", "tpu9"], ["'tpu9'", "cpu"]),
     (CONFIG, ["--dataset", "cifar11"], ["'cifar11'", "cifar10-sample"]),
-    (CONFIG, ["--train-size", "0"], ["train size 0"]),
-    (CONFIG, ["--threads", "0"], ["--threads 0", "1 or more"]),
+    (CONFIG, ["--train-size", "0"], ["--train-size '0'", "1 or more"]),
+    (CONFIG, ["--threads", "0"], ["--threads '0'", "1 or more"]),
     ("[1, 2]", [], ["expected a JSON object"]),
 ], ids=["unknown-key", "bad-value", "geometry", "bad-device", "bad-dataset", "bad-train-size",
         "bad-threads", "not-object"])
 def test_cli_train_usage_errors(tmp_path, capsys, content, args, words):
     cfg = write(tmp_path / "cfg.json", content)
-    code = main(["train", cfg, "--device", "cpu", *args])  # a later --device wins
+    try:
+        code = main(["train", cfg, "--device", "cpu", *args])  # a later --device wins
+    except SystemExit as e:  # argparse's own range checks exit from parse_args
+        code = e.code
     captured = capsys.readouterr()
     assert_usage_error(code, captured.err, *words)
 

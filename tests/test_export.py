@@ -37,7 +37,7 @@ def _export(url: str, *args: str) -> dict:
 
 
 def _one_line_error(result, *fragments: str) -> None:
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hpo: error: "), result.stderr
@@ -101,7 +101,7 @@ def test_export_unknown_study_and_trial_are_one_line_errors(searched):
     _one_line_error(run_cli("hpo", "export", "--storage", url, "--study", "tiny", "--trial", "99",
                             env=ENV), "99", "0..3")
     _one_line_error(run_cli("hpo", "export", "--storage", url, "--study", "tiny", "--top", "0",
-                            env=ENV), "--top 0")
+                            env=ENV), "--top '0'")
 
 
 def test_export_study_without_complete_trial_is_one_line_error(sqlite_url):
