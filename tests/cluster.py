@@ -87,6 +87,7 @@ class SlurmCluster:
         self.dir.chmod(0o755)  # munged (the munge user) must reach its socket folder
         self.conf = self.dir / "slurm.conf"
         self.processes: dict[str, subprocess.Popen] = {}
+        self.files: list = []  # the daemons' stderr
         self.node = socket.gethostname().split(".")[0]
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
@@ -111,9 +112,13 @@ class SlurmCluster:
              f"--pid-file={public / 'munged.pid'}", f"--log-file={private / 'munged.log'}",
              f"--seed-file={private / 'munged.seed'}"],
             user="munge", group="munge", stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "munged.out", "w"))
+            stderr=self._output("munged"))
         self._wait(lambda: socket_path.exists(), 20, "munged", self.dir / "munged.out")
         return socket_path
+
+    def _output(self, daemon: str):
+        self.files.append(open(self.dir / f"{daemon}.out", "w"))
+        return self.files[-1]
 
     def _write_conf(self, munge_socket: Path) -> None:
         for sub in ("state", "spool"):
@@ -165,10 +170,11 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 
     def start(self) -> SlurmCluster:
         self._write_conf(self._start_munge())
-        for daemon, args in (("slurmctld", ["-D", "-c", "-i"]), ("slurmd", ["-D", "-N", self.node])):
+        daemons = {"slurmctld": ["-D", "-c", "-i"], "slurmd": ["-D", "-N", self.node]}
+        for daemon, args in daemons.items():
             self.processes[daemon] = subprocess.Popen(
                 [_which(daemon), *args], env=self.env, stdout=subprocess.DEVNULL,
-                stderr=open(self.dir / f"{daemon}.out", "w"))
+                stderr=self._output(daemon))
         self._wait(lambda: self.node_state() == "idle", 60, "slurmctld/slurmd",
                    self.dir / "slurmctld.log")
         return self
@@ -207,6 +213,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
                            capture_output=True, timeout=30)
         for name in ("slurmd", "slurmctld", "munged"):
             _stop(self.processes.get(name))
+        for f in self.files:
+            f.close()
 
     def close(self) -> None:
         self.stop()
@@ -229,12 +237,14 @@ class PgBouncer:
     ``pool`` server connections per database, on a free port; runs as the postgres user
     (it refuses root)."""
 
-    def __init__(self, server: sqlalchemy.engine.URL, pool: int = 10, max_clients: int = 200):
+    def __init__(self, server: sqlalchemy.engine.URL, pool: int = 10, max_clients: int = 200,
+                 query_wait_timeout: int = 30):
         self.pool = pool
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="hpo-pgbouncer-"))
         self.user = server.username or "postgres"
-        (self.dir / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        # trust: clients give no password; PgBouncer logs in to the server with this one
+        (self.dir / "userlist.txt").write_text(f'"{self.user}" "{server.password or ""}"\n')
         self.ini = self.dir / "pgbouncer.ini"
         self.ini.write_text(f"""\
 [databases]
@@ -251,6 +261,8 @@ pool_mode = transaction
 max_client_conn = {max_clients}
 default_pool_size = {pool}
 max_db_connections = {pool}
+; A client queued this long for a server connection is stuck, not busy (default 120 s).
+query_wait_timeout = {query_wait_timeout}
 logfile = {self.dir / 'pgbouncer.log'}
 pidfile = {self.dir / 'pgbouncer.pid'}
 """)
@@ -263,9 +275,9 @@ pidfile = {self.dir / 'pgbouncer.pid'}
             for f in self.dir.iterdir():
                 shutil.chown(f, "postgres", "postgres")
             as_user = {"user": "postgres", "group": "postgres"}
-        self.process = subprocess.Popen([_which("pgbouncer"), str(self.ini)], **as_user,
-                                        stdout=subprocess.DEVNULL,
-                                        stderr=open(self.dir / "pgbouncer.out", "w"))
+        with open(self.dir / "pgbouncer.out", "w") as out:
+            self.process = subprocess.Popen([_which("pgbouncer"), str(self.ini)], **as_user,
+                                            stdout=subprocess.DEVNULL, stderr=out)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.process.poll() is None:
             try:

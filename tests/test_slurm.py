@@ -89,7 +89,8 @@ def _victim(storage: str):
     """A RUNNING trial checkpointed at epoch >= 1 while another task runs a trial of its own."""
     running = [t for t in trials(storage, "cancel") if t.state == TrialState.RUNNING]
     for t in running:
-        others = [o for o in running if o.user_attrs.get("pid") not in (None, t.user_attrs.get("pid"))]
+        pid = t.user_attrs.get("pid")
+        others = [o for o in running if o.user_attrs.get("pid") not in (None, pid)]
         if (t.user_attrs.get("checkpoint") or {}).get("epoch", 0) >= 1 and others:
             return t
     return None
@@ -120,7 +121,8 @@ def test_scancel_of_a_task_requeues_its_trial_and_another_task_resumes_it(slurm,
     ts = trials(pg_url, "cancel")
     assert [t.state for t in ts if t.number == doomed.number] == [TrialState.FAIL]
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == doomed.number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE, [(t.number, t.state) for t in ts]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE, \
+        [(t.number, t.state) for t in ts]
     assert retry[0].user_attrs["pid"] != pid  # re-run by the other task
     assert retry[0].params == doomed.params
     assert retry[0].user_attrs["resumed_from_epoch"] >= 1
@@ -152,7 +154,7 @@ def test_walltime_signal_fails_and_requeues_the_trial_and_exits_zero(slurm, pg_u
     assert waiting[0].system_attrs["failed_trial"] == failed[0].number
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     epoch = (waiting[0].user_attrs.get("checkpoint") or {}).get("epoch")
-    print(f"\nwalltime: SIGTERM before the 1-minute limit; job ended after {took:.0f}s with exit 0, "
+    print(f"\nwalltime: SIGTERM before the 1-minute limit; job ended after {took:.0f}s, exit 0, "
           f"trial {failed[0].number} queued again (checkpoint epoch {epoch})")
 
 
