@@ -49,7 +49,7 @@ class WorkerLoop:
     def run(self) -> int:
         """Run trials until the budget is spent, the deadline passes or a stop signal; return the
         number of trials this worker ran."""
-        ran, waiting_logged = 0, False
+        ran, waiting_logged, budget = 0, False, None
         while True:
             if self.stop.is_set():
                 if self._done is not None and self.on_trial_done is not None:
@@ -59,7 +59,9 @@ class WorkerLoop:
                 log.info("--timeout reached: starting no more trials")
                 break
             self.reaper.reap(self.study)
-            budget, counts = self.budget(), tally(self.study)
+            counts = tally(self.study)
+            if budget is None or counts.left(budget) <= 0:
+                budget = self.budget()  # read again only when it matters: it may have been raised
             if self._done is not None and self.on_trial_done is not None:
                 self.on_trial_done(self._done, counts)  # the same read serves the progress line
             self._done = None
