@@ -73,6 +73,7 @@ class TrialRunner:
                  on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None):
         self.spec, self.data, self.checkpoints, self.publisher = spec, data, checkpoints, publisher
         self.stop, self.on_epoch = stop, on_epoch
+        self._side, self._pending = None, []  # one writer thread for bookkeeping off the path
 
     def run(self, trial: optuna.Trial) -> Outcome:
         try:
@@ -81,14 +82,15 @@ class TrialRunner:
             return Outcome(Ending.REAPED, "failed by a stale-trial check (heartbeat late)")
 
     def _run(self, trial: optuna.Trial) -> Outcome:
-        trial.set_user_attr("device", str(self.data.device))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        # CPU results depend on the thread count (reduction order): hpo train reuses it
-        trial.set_user_attr("threads", torch.get_num_threads())
+        # Bookkeeping the trial does not wait for, written on the side while it trains. CPU
+        # results depend on the thread count (reduction order): hpo train reuses it.
+        where = {"device": str(self.data.device), "host": socket.gethostname(),
+                 "pid": os.getpid(), "threads": torch.get_num_threads()}
+        self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in where.items()])
         try:
             config = config_from_trial(self.spec, trial, self.data.image_size)
         except HpoError as e:
+            self._side_written()
             return self._pruned(trial, f"impossible configuration: {e}")
         trial.set_user_attr("config", config.to_dict())
         checkpoint_id = self._checkpoint_id(trial)
@@ -116,6 +118,7 @@ class TrialRunner:
                 result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop)
             finally:
                 self.checkpoints.wait()  # every pointer names a complete checkpoint from here
+                self._side_written()
         except optuna.TrialPruned as e:
             self._record(trial, history, config)
             return self._pruned(trial, str(e))
@@ -138,6 +141,19 @@ class TrialRunner:
         values = self.spec.objectives.values(result.final_val_acc, result.seconds, result.params)
         self.publisher.model_if_best(trial, values[0], result.model, config.to_dict())
         return Outcome(Ending.COMPLETE, result.reason or result.status, values)
+
+    def _on_the_side(self, write: Callable[[], object]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._side is None:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-attrs")
+        self._pending.append(self._side.submit(write))
+
+    def _side_written(self) -> None:
+        """Wait for the side writes (before the trial is told, or queued again)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # a storage error surfaces here, on the trial's own path
 
     def _pruned(self, trial: optuna.Trial, reason: str) -> Outcome:
         trial.set_user_attr("end_reason", reason)
