@@ -96,7 +96,7 @@ def cmd_create_study(args: argparse.Namespace) -> int:
             return 0
         raise HpoError(f"study {args.study!r} already exists; pass --skip-if-exists to accept that")
     study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
-                                           args.from_file)
+                                           args.from_file, args.freeze_best_so_far)
     print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "
           f"{settings.epochs} epochs, {settings.sampler} sampler, frozen from "
           f"{study.user_attrs.get('frozen_from')})")
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=at_least(0))
     c.add_argument("--after", help="study whose best trial to freeze from")
     c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
+    c.add_argument("--freeze-best-so-far", action="store_true",
+                   help="freeze the predecessor's best now, even while it still runs")
     c.add_argument("--bf16", action="store_true", help="bf16 autocast for every trial")
     c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul precision: highest | high | medium")
     c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")

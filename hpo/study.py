@@ -138,7 +138,8 @@ def joined_settings(study_name: str, stored: dict[str, Any], flags: dict[str, An
     return Settings(**{k: v for k, v in stored.items() if k in known})
 
 
-def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file: str | None
+def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file: str | None,
+                            freeze_best_so_far: bool = False
                             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(base config, where it came from): an export file, the predecessor's best trial, or defaults."""
     if from_file:
@@ -155,6 +156,7 @@ def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file:
                            f"{', '.join(sorted(names)) or 'none'}")
         return dict(DEFAULTS), {"defaults": True, "reason": f"no study {predecessor!r}"}
     prev = optuna.load_study(study_name=predecessor, storage=storage)
+    wait_for_predecessor(prev, stage.name, freeze_best_so_far)
     best = best_complete_trial(prev)
     if best is None:
         return dict(DEFAULTS), {"defaults": True, "reason": f"{predecessor!r} has no finished trial"}
@@ -162,6 +164,31 @@ def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file:
              stage.name, predecessor, best.number, best.values[0])
     return dict(best.user_attrs["config"]), {"study": predecessor, "trial": best.number,
                                              "value": best.values[0]}
+
+
+PREDECESSOR_POLL = 5.0  # seconds between looks at a predecessor that still runs
+
+
+def wait_for_predecessor(prev: optuna.Study, stage_name: str, freeze_best_so_far: bool) -> None:
+    """A stage freezes its predecessor's final best: while the predecessor still has trials
+    running or queued, wait for them (saying so), unless told to freeze its best so far."""
+    active = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    said = False
+    while True:
+        unfinished = prev.get_trials(deepcopy=False, states=active)
+        if not unfinished:
+            return
+        if freeze_best_so_far:
+            log.warning("%s: freezing the best so far of %r although %d of its trials are still "
+                        "running or queued (--freeze-best-so-far)", stage_name, prev.study_name,
+                        len(unfinished))
+            return
+        if not said:
+            log.warning("%s: waiting for %r to finish (%d trial(s) running or queued) so as to "
+                        "freeze its final best; --freeze-best-so-far freezes its best now",
+                        stage_name, prev.study_name, len(unfinished))
+            said = True
+        time.sleep(PREDECESSOR_POLL)
 
 
 def best_complete_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -189,7 +216,8 @@ def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any],
-               after: str | None = None, from_file: str | None = None
+               after: str | None = None, from_file: str | None = None,
+               freeze_best_so_far: bool = False
                ) -> tuple[optuna.Study, Stage, Settings, dict[str, Any]]:
     """Create or join a study; return it with its stage, settings and frozen base config.
 
@@ -205,7 +233,8 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     stage = get_stage(space or stored_stage or study_name)
     if study_name not in existing:
         # Checked before create_study, so that a failing command leaves no study behind.
-        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file)
+        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
+                                                 freeze_best_so_far)
         settings = new_settings(stage, flags, frozen)
         objectives = parse_objectives(settings.objectives)
         try:
@@ -221,7 +250,8 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     if stored is None:
         log.info("study %r was created outside hpo; setting it up as stage %s", study_name,
                  stage.name)
-        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file)
+        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
+                                                 freeze_best_so_far)
         settings = new_settings(stage, flags, frozen)
         _set_up(study, stage, settings, frozen, origin, after)
         return study, stage, settings, frozen

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", help="study whose best trial to freeze from (default: the stage "
                                    "this one builds on)")
     p.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
+    p.add_argument("--freeze-best-so-far", action="store_true",
+                   help="freeze the predecessor's best now, even while it still has trials "
+                        "running or queued (default: wait for it to finish)")
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:0,cuda:1,... (default auto)")
     p.add_argument("--jobs-per-device", type=at_least(1), default=1, help="worker processes per device")
     p.add_argument("--bf16", action="store_true",
@@ -117,7 +120,7 @@ def run_worker(args: argparse.Namespace, device_name: str,
     try:
         study, stage, settings, frozen = open_study(storage, args.study, args.space,
                                                     settings_flags(args), args.after,
-                                                    args.from_file)
+                                                    args.from_file, args.freeze_best_so_far)
         slot = int(os.environ.get("HPO_WORKER_SLOT", "0"))
         sampler_seed = None if args.seed is None else args.seed + slot
         study = optuna.load_study(study_name=args.study, storage=storage,

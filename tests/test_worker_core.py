@@ -190,3 +190,41 @@ def test_multi_objective_study_refuses_a_pruner(sqlite_url, tiny_stages):
     _, _, settings = (None, None, open_study(storage, "mo", "tiny",
                                              {**FLAGS, "pruner": None, "objectives": "accuracy,time"})[2])
     assert settings.pruner == "none"
+
+
+def _predecessor_with_a_running_trial(url):
+    storage = open_storage(url)
+    pre = optuna.create_study(study_name="pre", storage=storage, direction="maximize")
+    pre.add_trial(optuna.trial.create_trial(value=0.3, user_attrs={"config": {"lr": 0.03}}))
+    running = pre.ask()
+    return storage, pre, running
+
+
+def test_stage_waits_for_its_predecessors_running_trials(sqlite_url, tiny_stages, monkeypatch,
+                                                         caplog):
+    # A stage started while its predecessor still ran used to freeze the best so far, silently.
+    import hpo.study
+
+    monkeypatch.setattr(hpo.study, "PREDECESSOR_POLL", 0.1)
+    storage, pre, running = _predecessor_with_a_running_trial(sqlite_url)
+    result = {}
+    opener = threading.Thread(target=lambda: result.update(
+        opened=open_study(storage, "next", "tiny", FLAGS, after="pre")))
+    with caplog.at_level("WARNING", logger="hpo.study"):
+        opener.start()
+        wait_for(lambda: any("waiting for 'pre' to finish" in r.getMessage()
+                             for r in caplog.records), 30, "the stage to say it waits")
+        assert opener.is_alive() and "next" not in {s.study_name for s in storage.get_all_studies()}
+        running.set_user_attr("config", {"lr": 0.05})
+        pre.tell(running, 0.9)  # the predecessor's final best
+        opener.join(30)
+    frozen = result["opened"][3]
+    assert frozen == {"lr": 0.05}
+
+
+def test_freeze_best_so_far_freezes_now_and_says_so(sqlite_url, tiny_stages, caplog):
+    storage, pre, running = _predecessor_with_a_running_trial(sqlite_url)
+    with caplog.at_level("WARNING", logger="hpo.study"):
+        frozen = open_study(storage, "next", "tiny", FLAGS, after="pre", freeze_best_so_far=True)[3]
+    assert frozen == {"lr": 0.03}
+    assert any("--freeze-best-so-far" in r.getMessage() for r in caplog.records)
