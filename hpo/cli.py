@@ -19,6 +19,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hpo.export import select_document
     from hpo.train import configure_backend, evaluate, fit, resolve_device
 
+    if args.output:
+        check_output_file(args.output)
+    if args.dataset is not None:
+        data.check_dataset_name(args.dataset)
     doc = select_document(load_json(args.config), args.config)
     config = config_from_document(doc, args.config)
     if args.epochs is not None:
@@ -68,6 +72,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_output_file(output: str) -> None:
+    """An output file must be writable where asked, checked before any work is done."""
+    path = Path(output)
+    if path.is_dir():
+        raise HpoError(f"-o {output!r} is invalid: it is a folder; allowed: a file path")
+    if not path.parent.is_dir():
+        raise HpoError(f"-o {output!r} is invalid: folder {str(path.parent)!r} does not exist; "
+                       "allowed: a file in an existing folder")
+
+
 def cmd_create_study(args: argparse.Namespace) -> int:
     from hpo.storage import open_storage, resolve_url
     from hpo.study import open_study, preflight, settings_flags, update_budget
@@ -78,7 +92,9 @@ def cmd_create_study(args: argparse.Namespace) -> int:
                   args.from_file)
     if args.update:
         others = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and k != "n_trials"]
-        if args.n_trials is None or others or args.after or args.from_file or args.space:
+        others += [flag for flag, value in (("--after", args.after), ("--from", args.from_file),
+                                            ("--space", args.space)) if value is not None]
+        if args.n_trials is None or others:
             raise HpoError("--update changes only the budget: pass --study and --n-trials alone"
                            + (f" (got {', '.join(others)})" if others else ""))
     storage = open_storage(args.storage, outage_timeout=args.outage_timeout,
@@ -126,6 +142,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hpo.export import export
     from hpo.storage import open_storage
 
+    if args.output:
+        check_output_file(args.output)
     doc = export(open_storage(args.storage, outage_timeout=args.outage_timeout, create=False),
                  args.study,
                  args.top, args.trial)
@@ -149,6 +167,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from hpo.report import write_report
     from hpo.storage import open_storage
 
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise HpoError(f"-o {args.output!r} is invalid: it is a file; allowed: a folder "
+                       "(created if missing)")
     storage = open_storage(args.storage, outage_timeout=args.outage_timeout, create=False)
     names = args.study or sorted(s.study_name for s in storage.get_all_studies())
     known = {s.study_name for s in storage.get_all_studies()}

@@ -148,6 +148,8 @@ def load_json(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as e:
         raise HpoError(f"cannot read {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise HpoError(f"{str(path)!r} is not a text JSON file (it holds binary data)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -49,10 +49,15 @@ def check_dataset_name(name: str) -> None:
     if name in ("cifar10-sample", "cifar10", "cifar100"):
         return
     if name.startswith("imagefolder:"):
-        path = Path(name[len("imagefolder:"):]).expanduser()
-        if not path.exists():
-            raise HpoError(f"dataset {name!r}: {str(path)!r} does not exist; pass a folder or "
-                           ".tar/.tar.gz archive holding train/ and test/ class folders")
+        given = name[len("imagefolder:"):]
+        path = Path(given).expanduser()
+        what = ("a folder or .tar/.tar.gz archive holding train/ and test/ class folders")
+        if not given or not path.exists():
+            raise HpoError(f"--dataset {name!r} is invalid: {given!r} does not exist; allowed: "
+                           f"imagefolder:PATH with {what}")
+        if path.is_file() and not tarfile.is_tarfile(path):
+            raise HpoError(f"--dataset {name!r} is invalid: {given!r} is not a .tar/.tar.gz "
+                           f"archive; allowed: imagefolder:PATH with {what}")
         return
     raise HpoError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
 
@@ -114,7 +119,9 @@ def _iter_image_files(source: Path) -> Iterator[tuple[str, bytes]]:
                         assert f is not None
                         yield member.name, f.read()
         except tarfile.TarError as e:
-            raise HpoFailure(f"{str(source)!r} is not a readable .tar/.tar.gz archive ({e})") from None
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HpoFailure(f"{str(source)!r} is not a readable .tar/.tar.gz archive "
+                             f"({reason})") from None
     else:
         for root, dirs, files in os.walk(source):
             dirs.sort()
@@ -202,13 +209,9 @@ class DeviceData:
         if not 0 < val_fraction < 1:
             raise HpoError(f"validation fraction {val_fraction} is invalid; allowed: 0 < f < 1")
         n = len(images.train_y)
-        n_val = max(1, int(round(n * val_fraction)))
+        n_val, n_train = split_sizes(n, val_fraction, train_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        if train_size is not None:
-            if not 1 <= train_size <= len(train_idx):
-                raise HpoError(f"train size {train_size} is invalid; allowed: 1 to {len(train_idx)}")
-            train_idx = train_idx[:train_size]
+        val_idx, train_idx = order[:n_val], order[n_val:n_val + n_train]
         self.device = torch.device(device)
         self.classes = images.classes
         self.num_classes = len(images.classes)
@@ -290,6 +293,26 @@ def augment_indices(b: int, h: int, w: int, flip: bool, pad: int, g: torch.Gener
     if flipped is not None:  # reflect padding is symmetric: pad(flip(x)) == flip(pad(x))
         cols = torch.where(flipped[:, None], w - 1 - cols, cols)
     return rows, cols
+
+
+def split_sizes(n: int, val_fraction: float, train_size: int | None) -> tuple[int, int]:
+    """(validation, training) image counts of a training set of n images; HpoError naming the
+    flag when the split leaves no image to train on or the asked train size is not there."""
+    n_val = max(1, int(round(n * val_fraction)))
+    available = n - n_val
+    if available < 1:
+        raise HpoError(f"--val-fraction {val_fraction:g} is invalid for {n} training images; "
+                       f"allowed: a fraction that leaves at least one image to train on")
+    if train_size is not None and not 1 <= train_size <= available:
+        raise HpoError(f"--train-size {train_size} is invalid; allowed: 1 to {available} "
+                       f"(the training images left after the validation split)")
+    return n_val, train_size or available
+
+
+def check_split(name: str, val_fraction: float, train_size: int | None) -> None:
+    """Fail before anything is stored on a split the dataset cannot give (reads, and caches,
+    the dataset's images)."""
+    split_sizes(len(load_images(name).train_y), val_fraction, train_size)
 
 
 def load(name: str, device: str | torch.device = "cpu", val_fraction: float = 0.1,

@@ -13,6 +13,7 @@ class OneLineParser(argparse.ArgumentParser):
     invalid; allowed: ...``, exit 2."""
 
     def error(self, message: str):
+        message = message.replace("\n", "\\n")  # one line, whatever the user typed
         flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
         if flag:
             message = f"{flag.group(1)} {flag.group(2)}"

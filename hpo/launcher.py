@@ -33,6 +33,9 @@ def plan_slots(devices: str, jobs_per_device: int) -> list[Slot]:
     if jobs_per_device < 1:
         raise HpoError(f"--jobs-per-device {jobs_per_device} is invalid; allowed: 1 or more")
     names = [d.strip() for d in devices.split(",") if d.strip()]
+    if not names:
+        raise HpoError(f"--devices {devices!r} is invalid; allowed: auto, cpu, cuda:N "
+                       "(comma-separated)")
     if names == ["auto"]:
         count = _cuda_count()
         names = [f"cuda:{i}" for i in range(count)] or ["cpu"]

@@ -373,9 +373,10 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
         if not create and not path.exists():
             raise HpoError(f"storage {url!r}: {str(path)!r} does not exist; pass the --storage "
                            "the workers used (or set HPO_STORAGE)")
-        _check_sqlite_file(url, path)
+        _check_sqlite_file(url, path, create)
     try:
-        with _schema_lock(url, parsed):
+        # Only a command that may create the tables takes the lock (and its lock file).
+        with _schema_lock(url, parsed) if create else contextlib.nullcontext():
             rdb = RDBStorage(
                 url, engine_kwargs=engine_kwargs(parsed), heartbeat_interval=heartbeat,
                 grace_period=grace,
@@ -395,12 +396,17 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
     return RetryingStorage(rdb, outage_timeout)
 
 
-def _check_sqlite_file(url: str, path: Path) -> None:
-    """One line, naming the file and what to do, for a file that cannot be our database."""
-    if path.exists() and not os.access(path, os.W_OK):
+def _check_sqlite_file(url: str, path: Path, writing: bool) -> None:
+    """One line, naming the file and what to do, for a file that cannot be our database. A
+    command that only reads leaves the file exactly as it is."""
+    if writing and path.exists() and not os.access(path, os.W_OK):
         raise HpoFailure(f"storage {url!r}: {str(path)!r} is read-only; workers must write to it "
                          "(fix its permissions, or copy it and open the copy)")
     try:
+        if not writing:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                conn.execute("SELECT name FROM sqlite_master").fetchall()
+            return
         with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as e:
@@ -420,6 +426,13 @@ def artifact_dir(flag: str | None, storage_url: str) -> Path:
     if parsed.drivername == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return Path(parsed.database).parent / "hpo-artifacts"
     return Path("hpo-artifacts")
+
+
+def check_artifact_folder(flag: str | None, storage_url: str) -> None:
+    path = artifact_dir(flag, storage_url)
+    if path.exists() and not path.is_dir():
+        raise HpoError(f"--artifacts {str(path)!r} is invalid: it is a file; allowed: a folder "
+                       "(created if missing)")
 
 
 def open_artifact_store(flag: str | None, storage_url: str):

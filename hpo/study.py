@@ -99,6 +99,11 @@ def preflight(url: str, study_name: str, space: str | None, flags: dict[str, Any
 
     check_flags(flags)
     parse_url(url)
+    if any(flags.get(k) is not None for k in ("dataset", "val_fraction", "train_size")):
+        from hpo.data import check_split
+
+        check_split(flags.get("dataset") or Settings.dataset,
+                    flags.get("val_fraction") or Settings.val_fraction, flags.get("train_size"))
     if space is not None:
         get_stage(space)
     if from_file:
@@ -227,6 +232,9 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     """
     check_flags(flags)
     existing = {s.study_name: s for s in storage.get_all_studies()}
+    if after is not None and after not in existing:
+        raise HpoError(f"--after {after!r}: no such study; studies here: "
+                       f"{', '.join(sorted(existing)) or 'none'}")
     stored_stage = existing[study_name].user_attrs.get("stage") if study_name in existing else None
     if stored_stage and space and space != stored_stage:
         raise HpoError(f"study {study_name!r} searches stage {stored_stage!r}, not {space!r}")

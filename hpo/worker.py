@@ -108,13 +108,14 @@ def run_worker(args: argparse.Namespace, device_name: str,
     from hpo.progress import Progress
     from hpo.reaper import Reaper, ReaperThread
     from hpo.runner import TrialRunner, TrialSpec
-    from hpo.storage import open_artifact_store, open_storage, resolve_url
+    from hpo.storage import check_artifact_folder, open_artifact_store, open_storage, resolve_url
     from hpo.study import make_pruner, make_sampler, open_study, preflight, settings_flags
     from hpo.train import configure_backend, resolve_device
 
     device = resolve_device(device_name)
     url = resolve_url(args.storage)
     preflight(url, args.study, args.space, settings_flags(args), args.after, args.from_file)
+    check_artifact_folder(args.artifacts, url)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
                            outage_timeout=args.outage_timeout)
     try:
