@@ -29,21 +29,29 @@ def scratch_database(base_url: str, tag: str):
         admin.dispose()
 
 
-def count_round_trips():
-    """A counter of this process's database round trips: statements, commits, pool pre-pings."""
+def count_round_trips(label=None):
+    """A counter of this process's database round trips: statements, commits, pool pre-pings.
+
+    With ``label`` (a function of no arguments, called at each round trip), keys are
+    ``"<label>:<kind>"``, e.g. to split the counts by the thread or the step that made them.
+    """
     import collections
 
     import sqlalchemy
     from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
     counts: collections.Counter = collections.Counter()
+
+    def count(kind: str) -> None:
+        counts[f"{label()}:{kind}" if label else kind] += 1
+
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute",
-                            lambda *args: counts.update(("statements",)))
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", lambda *args: counts.update(("commits",)))
+                            lambda *args: count("statements"))
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", lambda *args: count("commits"))
     original = PGDialect_psycopg2.do_ping
 
     def do_ping(self, dbapi_connection):
-        counts.update(("pings",))
+        count("pings")
         return original(self, dbapi_connection)
 
     PGDialect_psycopg2.do_ping = do_ping

@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -21,8 +22,11 @@ from optuna.trial import TrialState
 from hpo.budget import Tally, gives_way, tally
 from hpo.heartbeat import Heartbeat
 from hpo.reaper import Reaper
-from hpo.runner import Ending, Outcome, TrialRunner
+from hpo.outcome import Ending, Outcome
 from hpo.storage import RetryingStorage
+
+if TYPE_CHECKING:  # the runner imports torch; the loop itself does not need it
+    from hpo.runner import TrialRunner
 
 log = logging.getLogger("hpo.worker")
 

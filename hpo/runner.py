@@ -5,7 +5,6 @@ never an exception: the worker loop tells Optuna the state it names."""
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
 import socket
@@ -24,25 +23,11 @@ from hpo.data import DeviceData
 from hpo.errors import HpoError
 from hpo.model import feature_map_sizes
 from hpo.objectives import Objectives
+from hpo.outcome import Ending, Outcome
 from hpo.train import EpochMetrics, Interrupted, fit
 from search_spaces import Stage
 
 log = logging.getLogger(__name__)
-
-
-class Ending(enum.Enum):
-    COMPLETE = "complete"
-    PRUNED = "pruned"  # by the pruner, or impossible, or diverged: counts against the budget
-    FAILED = "failed"  # could not run (out of memory): FAIL, not re-queued
-    STOPPED = "stopped"  # a stop signal: re-queue with the checkpoint, then FAIL
-    REAPED = "reaped"  # a stale-trial check failed it under us: its retry re-runs it
-
-
-@dataclasses.dataclass
-class Outcome:
-    ending: Ending
-    reason: str = ""
-    values: list[float] | None = None
 
 
 @dataclasses.dataclass

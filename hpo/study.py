@@ -17,7 +17,6 @@ from typing import Any
 import optuna
 
 from hpo.config import config_from_document, load_json
-from hpo.data import check_dataset_name
 from hpo.errors import HpoError
 from hpo.notes import write_stage_note
 from hpo.objectives import parse_objectives
@@ -88,6 +87,8 @@ def check_flags(flags: dict[str, Any]) -> None:
     if flags.get("val_fraction") is not None and not 0 < flags["val_fraction"] < 1:
         raise HpoError(f"--val-fraction {flags['val_fraction']} is invalid; allowed: 0 < f < 1")
     if flags.get("dataset") is not None:
+        from hpo.data import check_dataset_name  # imports torch: only when there is a dataset
+
         check_dataset_name(flags["dataset"])
 
 

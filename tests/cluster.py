@@ -7,13 +7,13 @@ Debian's slurm-wlm, munge and pgbouncer are installed by scripts/provision-clust
 with the reason. Once the packages are there, a daemon that does not come up is a failure.
 
 Import the fixtures into a test module: ``from tests.cluster import slurm  # noqa: F401``.
+The PgBouncer starter itself lives in ``benchmarks/_pgbouncer.py``, shared with the benchmarks.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,23 +21,16 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 
+from benchmarks._pgbouncer import PgBouncer, PgBouncerError, free_port  # noqa: F401  (re-exported)
+from benchmarks._pgbouncer import stop_process as _stop
+from benchmarks._pgbouncer import tail as _tail
+from benchmarks._pgbouncer import which as _which
 from tests.conftest import REPO
 
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged")
 PGBOUNCER_BINARIES = ("pgbouncer",)
 SBATCH_SCRIPT = REPO / "deploy" / "slurm" / "hpo-worker.sbatch"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _which(name: str) -> str | None:
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
 def ensure_installed(binaries: tuple[str, ...]) -> None:
@@ -54,24 +47,6 @@ def ensure_installed(binaries: tuple[str, ...]) -> None:
     if result.returncode != 0 or not all(_which(b) for b in binaries):
         pytest.skip(f"could not install {missing} (scripts/provision-cluster exited "
                     f"{result.returncode}): {(result.stderr or result.stdout).strip()[-500:]}")
-
-
-def _stop(process: subprocess.Popen | None, timeout: float = 15) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} not written)"
 
 
 class SlurmCluster:
@@ -232,99 +207,15 @@ def slurm():
     cluster.close()
 
 
-class PgBouncer:
-    """PgBouncer in transaction-pooling mode in front of the test server, capped at
-    ``pool`` server connections per database, on a free port; runs as the postgres user
-    (it refuses root)."""
-
-    def __init__(self, server: sqlalchemy.engine.URL, pool: int = 10, max_clients: int = 200,
-                 query_wait_timeout: int = 30):
-        self.pool = pool
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="hpo-pgbouncer-"))
-        self.user = server.username or "postgres"
-        # trust: clients give no password; PgBouncer logs in to the server with this one
-        (self.dir / "userlist.txt").write_text(f'"{self.user}" "{server.password or ""}"\n')
-        self.ini = self.dir / "pgbouncer.ini"
-        self.ini.write_text(f"""\
-[databases]
-* = host={server.host or '127.0.0.1'} port={server.port or 5432}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {self.port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {self.dir / 'userlist.txt'}
-admin_users = {self.user}
-pool_mode = transaction
-max_client_conn = {max_clients}
-default_pool_size = {pool}
-max_db_connections = {pool}
-; A client queued this long for a server connection is stuck, not busy (default 120 s).
-query_wait_timeout = {query_wait_timeout}
-logfile = {self.dir / 'pgbouncer.log'}
-pidfile = {self.dir / 'pgbouncer.pid'}
-""")
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> PgBouncer:
-        as_user = {}
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-            for f in self.dir.iterdir():
-                shutil.chown(f, "postgres", "postgres")
-            as_user = {"user": "postgres", "group": "postgres"}
-        with open(self.dir / "pgbouncer.out", "w") as out:
-            self.process = subprocess.Popen([_which("pgbouncer"), str(self.ini)], **as_user,
-                                            stdout=subprocess.DEVNULL, stderr=out)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"pgbouncer did not come up: {_tail(self.dir / 'pgbouncer.out')}\n"
-                    f"{_tail(self.dir / 'pgbouncer.log')}")
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
-
-    def show(self, what: str) -> list[dict]:
-        """A SHOW command on PgBouncer's admin console (POOLS, CLIENTS, SERVERS, ...)."""
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user,
-                                dbname="pgbouncer", connect_timeout=5)
-        conn.autocommit = True  # the admin console knows no transactions
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SHOW {what}")
-                names = [c.name for c in cur.description]
-                return [dict(zip(names, row)) for row in cur.fetchall()]
-        finally:
-            conn.close()
-
-    def log(self) -> str:
-        try:
-            return (self.dir / "pgbouncer.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        _stop(self.process)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def pgbouncer(pg_server):
     """PgBouncer (transaction pooling, 10 server connections per database) for this session."""
     ensure_installed(PGBOUNCER_BINARIES)
-    bouncer = PgBouncer(pg_server.url).start()
+    bouncer = PgBouncer(pg_server.url)
+    try:
+        bouncer.start()
+    except PgBouncerError as e:
+        bouncer.close()
+        pytest.fail(str(e))
     yield bouncer
     bouncer.close()
