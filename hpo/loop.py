@@ -19,7 +19,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.budget import Tally, gives_way, tally
+from hpo.budget import Tally, gives_way
+from hpo.counts import count_trials
 from hpo.heartbeat import Heartbeat
 from hpo.reaper import Reaper
 from hpo.outcome import Ending, Outcome
@@ -44,6 +45,8 @@ class WorkerLoop:
         self.wait_interval, self.deadline, self.on_trial_done = wait_interval, deadline, on_trial_done
         self._claimed: tuple[int, bool] | None = None  # (trial id, freshly created) of the last ask
         self._done: optuna.trial.FrozenTrial | None = None  # told, not yet shown
+        study_id = storage.get_study_id_from_name(study.study_name)
+        self.tally = lambda: count_trials(storage, study_id)
         storage.on_claim = self._on_claim
 
     def _on_claim(self, trial_id: int, fresh: bool) -> None:
@@ -57,13 +60,13 @@ class WorkerLoop:
         while True:
             if self.stop.is_set():
                 if self._done is not None and self.on_trial_done is not None:
-                    self.on_trial_done(self._done, tally(self.study))
+                    self.on_trial_done(self._done, self.tally())
                 break
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 log.info("--timeout reached: starting no more trials")
                 break
             self.reaper.reap(self.study)
-            counts = tally(self.study)
+            counts = self.tally()
             if budget is None or counts.left(budget) <= 0:
                 budget = self.budget()  # read again only when it matters: it may have been raised
             if self._done is not None and self.on_trial_done is not None:

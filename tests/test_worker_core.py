@@ -228,3 +228,25 @@ def test_freeze_best_so_far_freezes_now_and_says_so(sqlite_url, tiny_stages, cap
         frozen = open_study(storage, "next", "tiny", FLAGS, after="pre", freeze_best_so_far=True)[3]
     assert frozen == {"lr": 0.03}
     assert any("--freeze-best-so-far" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("url_fixture", ["sqlite_url", "pg_url"])
+def test_count_query_agrees_with_optunas_trial_list(url_fixture, request):
+    # The loop counts trials with two queries on Optuna's schema (hpo/counts.py); this fails if
+    # Optuna's models change under it or the two ever disagree.
+    from hpo.counts import count_trials
+
+    url = request.getfixturevalue(url_fixture)
+    storage = open_storage(url)
+    study = optuna.create_study(study_name="c", storage=storage, direction="maximize")
+    for state, value in ((TrialState.COMPLETE, 0.4), (TrialState.COMPLETE, 0.7),
+                         (TrialState.PRUNED, None), (TrialState.FAIL, None),
+                         (TrialState.WAITING, None)):
+        study.add_trial(optuna.trial.create_trial(state=state, value=value))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=float("inf")))
+    study.ask()  # RUNNING
+    optuna.create_study(study_name="other", storage=storage).add_trial(
+        optuna.trial.create_trial(value=5.0))  # another study's trials are not counted
+    fast, public = count_trials(storage, storage.get_study_id_from_name("c")), tally(study)
+    assert fast.counts == public.counts
+    assert fast.best == 0.7 and public.best == float("inf")  # an infinite value is no best
