@@ -124,7 +124,8 @@ def _ablate(variant: str) -> None:
 
     if "noreads" in ABLATIONS[variant]:
         hpo.budget.stored_budget = lambda study: 10 ** 9
-        hpo.loop.tally = lambda study: hpo.budget.Tally(dict.fromkeys(TrialState, 0), None)
+        hpo.loop.count_trials = lambda storage, study_id: hpo.budget.Tally(
+            dict.fromkeys(TrialState, 0), None)
     if "nobeat" in ABLATIONS[variant]:
         hpo.storage.RetryingStorage.record_heartbeat = lambda self, trial_id: None
 
@@ -413,7 +414,7 @@ def instrument(timers: Timers) -> None:
         "save": "checkpoint.save", "load": "checkpoint.load", "remove": "checkpoint.remove"})
     # Not run_one: it spans a whole trial and the gaps on both sides of it (see _breakdown)
     _wrap_methods(timers, hpo.loop.WorkerLoop, {"_tell": "loop.tell"})
-    hpo.loop.tally = w("loop.tally", hpo.loop.tally)
+    hpo.loop.count_trials = w("loop.count_trials", hpo.loop.count_trials)
     hpo.loop.gives_way = w("loop.gives_way", hpo.loop.gives_way)
     hpo.budget.stored_budget = w("loop.stored_budget", hpo.budget.stored_budget)
     # Labelled storage.*: the reaper's own query bypasses the storage's public methods
