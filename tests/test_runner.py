@@ -174,3 +174,22 @@ def test_runner_multi_objective_diverged_trial_is_pruned_and_counted(small_data,
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["end_reason"].startswith("diverged")
+
+
+def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store, monkeypatch):
+    # Defect 11: the value was the best epoch's accuracy while the published weights (and what
+    # hpo train re-creates) were the last epoch's.
+    import hpo.runner
+    from hpo.train import EpochMetrics, FitResult
+
+    def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None):
+        history = [EpochMetrics(1, 1.0, 0.5, 1.0, 0.55, 0.1, 0.01),
+                   EpochMetrics(2, 0.9, 0.6, 1.2, 0.40, 0.1, 0.01)]
+        model = torch.nn.Linear(1, 1)
+        return FitResult("completed", "", history, 2, 0.2, model)
+
+    monkeypatch.setattr(hpo.runner, "fit", fit_that_peaks_early)
+    study = _study()
+    study.enqueue_trial({"lr": 0.02})
+    _objective(small_data, store)(study, 1)
+    assert study.trials[0].value == 0.40
