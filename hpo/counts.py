@@ -20,7 +20,7 @@ def count_trials(storage: RetryingStorage, study_id: int) -> Tally:
 def _count(storage: RetryingStorage, study_id: int) -> Tally:
     # Optuna has no public count query; its ORM models are its schema
     # (tests/test_optuna_contract.py fails if they change).
-    from optuna.storages._rdb import models
+    from optuna.storages._rdb import models  # private: no public count query
 
     trial, value = models.TrialModel, models.TrialValueModel
     with sqlalchemy.orm.Session(storage.engine) as session:

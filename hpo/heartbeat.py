@@ -20,24 +20,22 @@ class Heartbeat(threading.Thread):
         super().__init__(name="hpo-heartbeat", daemon=True)
         self.storage = storage
         self.interval = float(storage.get_heartbeat_interval() or 0)
-        self._trial_id: int | None = None
+        self._beating_for: int | None = None  # the trial id this process runs, if any
         self._lock = threading.Lock()
-        self._wake, self.halt = threading.Event(), threading.Event()
+        self.halt = threading.Event()
 
     def track(self, trial_id: int | None) -> None:
         """Beat for this trial from now on (None: no trial)."""
         with self._lock:
-            self._trial_id = trial_id  # the claim itself recorded the first beat
+            self._beating_for = trial_id  # the claim itself recorded the first beat
 
     def run(self) -> None:
         if not self.interval:
             return
-        while not self.halt.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()
+        while not self.halt.wait(self.interval):
             with self._lock:
-                trial_id = self._trial_id
-            if trial_id is None or self.halt.is_set():
+                trial_id = self._beating_for
+            if trial_id is None:
                 continue
             try:
                 self.storage.record_heartbeat(trial_id)
@@ -46,4 +44,3 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.halt.set()
-        self._wake.set()

@@ -68,7 +68,7 @@ class Reaper:
         in one query, timed by the database's clock as Optuna's own check is."""
         # Optuna has no public query for heartbeats; its ORM models are its schema
         # (tests/test_optuna_contract.py fails if they change).
-        from optuna.storages._rdb import models
+        from optuna.storages._rdb import models  # private: no public heartbeat query
 
         trial, beat = models.TrialModel, models.TrialHeartbeatModel
         with sqlalchemy.orm.Session(self.storage.engine) as session:

@@ -77,9 +77,13 @@ class TrialRunner:
         except HpoError as e:
             self._side_written()
             return self._pruned(trial, f"impossible configuration: {e}")
-        trial.set_user_attr("config", config.to_dict())
-        checkpoint_id = self._checkpoint_id(trial)
-        resume = self._resume(trial, checkpoint_id, config)
+        config_dict = config.to_dict()
+        trial.set_user_attr("config", config_dict)
+        # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
+        # a new trial's id is stored with its first checkpoint's pointer.
+        pointer = trial.user_attrs.get("checkpoint")
+        checkpoint_id = pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
+        resume = self._resume(trial, pointer, config_dict)
         history = [EpochMetrics(**h) for h in (resume or {}).get("history", [])]
 
         def on_epoch(m: EpochMetrics, snapshot: Callable[[], dict[str, Any]]) -> None:
@@ -90,7 +94,7 @@ class TrialRunner:
             if every and m.epoch % every == 0 and m.epoch < config.epochs:
                 pointer = {"artifact_id": checkpoint_id, "epoch": m.epoch}
                 self.checkpoints.save_in_background(
-                    checkpoint_id, {"config": config.to_dict(), **snapshot()},
+                    checkpoint_id, {"config": config_dict, **snapshot()},
                     then=lambda: self._point_to(trial, pointer))
             if self.on_epoch is not None:
                 self.on_epoch(trial, m)
@@ -105,8 +109,8 @@ class TrialRunner:
                 self.checkpoints.wait()  # every pointer names a complete checkpoint from here
                 self._side_written()
         except optuna.TrialPruned as e:
-            self._record(trial, history, config)
-            return self._pruned(trial, str(e))
+            self._record(trial, history, config_dict)
+            return self._pruned(trial, str(e), checkpoint_id)
         except Interrupted:
             return Outcome(Ending.STOPPED, f"trial {trial.number} interrupted by a stop signal")
         except torch.OutOfMemoryError:
@@ -116,15 +120,15 @@ class TrialRunner:
             trial.set_user_attr("end_reason", reason)
             self.checkpoints.remove(checkpoint_id)
             return Outcome(Ending.FAILED, reason)
-        self._record(trial, result.history, config, seconds=result.seconds)
+        self._record(trial, result.history, config_dict, seconds=result.seconds)
         trial.set_user_attr("params", result.params)
         if result.status == "diverged":
-            return self._pruned(trial, f"diverged: {result.reason}")
+            return self._pruned(trial, f"diverged: {result.reason}", checkpoint_id)
         trial.set_user_attr("end_reason", result.reason or result.status)
         self.checkpoints.remove(checkpoint_id)
         # The value is the last epoch's: the weights published here, and what hpo train re-creates.
         values = self.spec.objectives.values(result.final_val_acc, result.seconds, result.params)
-        self.publisher.model_if_best(trial, values[0], result.model, config.to_dict())
+        self.publisher.model_if_best(trial, values[0], result.model, config_dict)
         return Outcome(Ending.COMPLETE, result.reason or result.status, values)
 
     def _on_the_side(self, write: Callable[[], object]) -> None:
@@ -140,14 +144,14 @@ class TrialRunner:
         for future in pending:
             future.result()  # a storage error surfaces here, on the trial's own path
 
-    def _pruned(self, trial: optuna.Trial, reason: str) -> Outcome:
+    def _pruned(self, trial: optuna.Trial, reason: str, checkpoint_id: str | None = None
+                ) -> Outcome:
         trial.set_user_attr("end_reason", reason)
-        pointer = trial.user_attrs.get("checkpoint")
-        if pointer:
-            self.checkpoints.remove(pointer["artifact_id"])
+        if checkpoint_id is not None:
+            self.checkpoints.remove(checkpoint_id)
         return Outcome(Ending.PRUNED, reason)
 
-    def _record(self, trial: optuna.Trial, history: list[EpochMetrics], config: Config,
+    def _record(self, trial: optuna.Trial, history: list[EpochMetrics], config: dict[str, Any],
                 seconds: float | None = None) -> None:
         """History, train-val gap and training seconds (``seconds`` also counts a diverged epoch,
         which has no history row), then the learning curve and config as artifacts."""
@@ -158,7 +162,7 @@ class TrialRunner:
         seconds = sum(h.seconds for h in history) if seconds is None else seconds
         if seconds:
             trial.set_user_attr("seconds", seconds)
-        self.publisher.curve_and_config(trial, rows, config.to_dict())
+        self.publisher.curve_and_config(trial, rows, config)
 
     @staticmethod
     def _point_to(trial: optuna.Trial, pointer: dict[str, Any]) -> None:
@@ -167,21 +171,14 @@ class TrialRunner:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # the trial was reaped meanwhile; its retry has the previous checkpoint
 
-    @staticmethod
-    def _checkpoint_id(trial: optuna.Trial) -> str:
-        # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
-        # a new trial's id is stored with its first checkpoint's pointer.
-        pointer = trial.user_attrs.get("checkpoint")
-        return pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
-
-    def _resume(self, trial: optuna.Trial, checkpoint_id: str, config: Config) -> dict | None:
-        pointer = trial.user_attrs.get("checkpoint")  # inherited from the trial this one retries
-        if not pointer:
+    def _resume(self, trial: optuna.Trial, pointer: dict | None, config: dict[str, Any]
+                ) -> dict | None:
+        if not pointer:  # no checkpoint inherited from a trial this one retries
             return None
         state = self.checkpoints.load(pointer["artifact_id"])  # always to the CPU
         if state is None:  # CheckpointStore said why; the trial starts from epoch 0
             return None
-        if state.get("config") != config.to_dict():
+        if state.get("config") != config:
             log.warning("trial %d: checkpoint belongs to another config; starting from epoch 0",
                         trial.number)
             return None

@@ -90,8 +90,8 @@ def sqlite_file(url: str) -> Path | None:
 def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     if url.drivername == "sqlite":
         return {"connect_args": {"timeout": 60}}
-    # A worker process uses at most three connections at once (its trial loop, the heartbeat
-    # thread, the reaper). No pre-ping (a round trip per session): a dead pooled connection fails
+    # A worker process uses at most five connections at once (its trial loop, the heartbeat and
+    # reaper threads, the runner's attribute and checkpoint writers). No pre-ping (a round trip per session): a dead pooled connection fails
     # its first statement as "invalidated", and the retry layer tries again on a new one.
     return {
         "pool_size": 3, "max_overflow": 2, "pool_recycle": 1800,

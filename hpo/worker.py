@@ -72,10 +72,9 @@ def setup_logging(quiet: bool = False) -> None:
 
 
 def _warm_up() -> None:
-    """Pay one-time import costs now, not inside the first trial's wall time: torch.optim loads
-    torch._dynamo on first use (about 3 s), the learning-curve plot loads matplotlib."""
+    """Pay a one-time import cost now, not inside the first trial's wall time: torch.optim loads
+    torch._dynamo on first use (about 3 s)."""
     import torch._dynamo  # noqa: F401
-    from matplotlib.backends import backend_agg  # noqa: F401
 
 
 def stop_on_signals() -> threading.Event:

@@ -206,23 +206,11 @@ def db_rows(path: Path) -> dict[str, list[str]]:
 def populated(tmp_path_factory, guard):
     """A real hpo database (made by the code under test) with study stage1_layers: settings
     epochs=1, train_size=200, n_trials=5, and two complete trials."""
-    from optuna.distributions import CategoricalDistribution
-    from optuna.trial import create_trial
-
-    from hpo.storage import open_storage
-    from hpo.study import open_study
+    from tests.workers import populate_stage1_study
 
     folder = tmp_path_factory.mktemp("populated")
     url = f"sqlite:///{folder / 'populated.db'}"
-    storage = open_storage(url)
-    study, _, _, frozen = open_study(storage, POP_STUDY, None,
-                                     {"epochs": 1, "train_size": 200, "n_trials": 5})
-    batch = CategoricalDistribution([16, 32, 64, 128])
-    for i, value in enumerate((0.2, 0.3)):
-        study.add_trial(create_trial(value=value, params={"batch_size": 32},
-                                     distributions={"batch_size": batch},
-                                     user_attrs={"config": {**frozen, "seed": i}}))
-    storage.dispose()
+    populate_stage1_study(url, POP_STUDY)
     return folder, url
 
 

@@ -1,5 +1,6 @@
-"""Usage errors of hpo-worker and hpo: exit 2 (1 for a database that cannot be reached), one ``error:`` line naming the bad value and the
-valid ones, no traceback, and the study database left exactly as it was."""
+"""Usage errors of hpo-worker and hpo: exit 2 (1 for a database that cannot be reached), one
+``error:`` line naming the bad value and the valid ones, no traceback, and the study database
+left exactly as it was."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import optuna
 import pytest
 import torch
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import create_trial
 
-from hpo.storage import open_storage
-from hpo.study import open_study
 from tests.conftest import run_cli
+from tests.workers import populate_stage1_study
 
 STAGES = "stage1_layers, stage2_fc, stage3_filters"
 DB = "{db}"  # replaced by the populated database's URL
@@ -79,15 +77,7 @@ def ran(tmp_path_factory):
     the commands are independent), and return (results by case, snapshot before, after, tmp)."""
     tmp = tmp_path_factory.mktemp("cli_errors")
     url = f"sqlite:///{tmp / 'populated.db'}"
-    storage = open_storage(url)
-    study, _, _, frozen = open_study(storage, "stage1_layers", None,
-                                     {"epochs": 1, "train_size": 200, "n_trials": 5})
-    batch = CategoricalDistribution([16, 32, 64, 128])
-    for i, value in enumerate((0.2, 0.3)):
-        study.add_trial(create_trial(value=value, params={"batch_size": 32},
-                                     distributions={"batch_size": batch},
-                                     user_attrs={"config": {**frozen, "seed": i}}))
-    storage.engine.dispose()
+    populate_stage1_study(url, "stage1_layers")
     before = _snapshot(url)
 
     def run(case: str):

@@ -55,3 +55,23 @@ def checkpointed_trial(storage: str, study: str, min_epoch: int):
         if t.state == optuna.trial.TrialState.RUNNING and pointer and pointer["epoch"] >= min_epoch:
             return t
     return None
+
+
+def populate_stage1_study(url: str, study: str) -> None:
+    """A stage1_layers study (1 epoch, 200 images, budget 5) with two complete trials, for tests
+    that check a refused command leaves what is stored exactly as it was."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    storage = open_storage(url)
+    created, _, _, frozen = open_study(storage, study, "stage1_layers",
+                                       {"epochs": 1, "train_size": 200, "n_trials": 5})
+    batch = CategoricalDistribution([16, 32, 64, 128])
+    for i, value in enumerate((0.2, 0.3)):
+        created.add_trial(create_trial(value=value, params={"batch_size": 32},
+                                       distributions={"batch_size": batch},
+                                       user_attrs={"config": {**frozen, "seed": i}}))
+    storage.dispose()
