@@ -169,21 +169,6 @@ def export_and_train(url: str, study: str, out_dir: Path, device: str, threads: 
             "retrain_wall_s": round(wall, 1), "config": doc["config"]}
 
 
-def grid_size_after(url: str, space: str, after: str | None) -> int:
-    """Size of a stage's grid given what it would freeze from ``after`` (read-only)."""
-    from hpo.storage import open_storage
-    from hpo.study import frozen_from_predecessor, grid_size
-    from search_spaces import get_stage
-
-    storage = open_storage(url)
-    try:
-        stage = get_stage(space)
-        frozen, _ = frozen_from_predecessor(storage, stage, after, None)
-        return grid_size(stage, frozen)
-    finally:
-        storage.dispose()
-
-
 def study_attrs(url: str, study_name: str) -> dict[str, Any]:
     import optuna
 

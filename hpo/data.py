@@ -318,3 +318,10 @@ def check_split(name: str, val_fraction: float, train_size: int | None) -> None:
 def load(name: str, device: str | torch.device = "cpu", val_fraction: float = 0.1,
          split_seed: int = 0, train_size: int | None = None) -> DeviceData:
     return DeviceData(load_images(name), device, val_fraction, split_seed, train_size)
+
+
+def image_size(name: str) -> int:
+    """The side of the dataset's (square) images, reading a custom dataset only when needed."""
+    if name in ("cifar10-sample", "cifar10", "cifar100"):
+        return 32
+    return int(load_images(name).train_x.shape[-1])

@@ -32,19 +32,26 @@ if TYPE_CHECKING:  # the runner imports torch; the loop itself does not need it
 log = logging.getLogger("hpo.worker")
 
 _TOLD = {Ending.COMPLETE: TrialState.COMPLETE, Ending.PRUNED: TrialState.PRUNED,
-         Ending.FAILED: TrialState.FAIL}
+         Ending.FAILED: TrialState.FAIL, Ending.REJECTED: TrialState.FAIL}
+# After a proposal is refused (already trained, or impossible) the next trial is asked of the
+# fallback sampler (untried points of a finite space, else random); after GIVE_UP refusals in a
+# row the worker leaves the study.
+GIVE_UP, SPIN_AFTER = 200, 3
 
 
 class WorkerLoop:
     def __init__(self, study: optuna.Study, storage: RetryingStorage, runner: TrialRunner,
                  budget: Callable[[], int], reaper: Reaper, heartbeat: Heartbeat,
                  stop: threading.Event, wait_interval: float, deadline: float | None = None,
-                 on_trial_done: Callable[[optuna.trial.FrozenTrial, Tally], None] | None = None):
+                 on_trial_done: Callable[[optuna.trial.FrozenTrial, Tally], None] | None = None,
+                 fallback_sampler: optuna.samplers.BaseSampler | None = None):
         self.study, self.storage, self.runner, self.budget = study, storage, runner, budget
         self.reaper, self.heartbeat, self.stop = reaper, heartbeat, stop
         self.wait_interval, self.deadline, self.on_trial_done = wait_interval, deadline, on_trial_done
         self._claimed: tuple[int, bool] | None = None  # (trial id, freshly created) of the last ask
         self._done: optuna.trial.FrozenTrial | None = None  # told, not yet shown
+        self._rejected_in_a_row = 0
+        self.fallback_sampler = fallback_sampler or optuna.samplers.RandomSampler()
         study_id = storage.get_study_id_from_name(study.study_name)
         self.tally = lambda: count_trials(storage, study_id)
         storage.on_claim = self._on_claim
@@ -84,12 +91,32 @@ class WorkerLoop:
                 self.stop.wait(self.wait_interval)
                 continue
             waiting_logged = False
+            if self._rejected_in_a_row >= GIVE_UP:
+                log.warning("the last %d proposals were all impossible or already trained: the "
+                            "space is spent; stopping with %d of the budget unused", GIVE_UP,
+                            counts.left(budget))
+                break
+            if self._rejected_in_a_row >= SPIN_AFTER:
+                # The sampler has only points already taken to offer (a grid whose last points
+                # run elsewhere): look again in a moment rather than spin on refusals.
+                self.stop.wait(self.wait_interval)
             if self.run_one(budget):
                 ran += 1
         return ran
 
     def run_one(self, budget: int) -> bool:
-        """Ask, run and tell one trial; False if it gave way to the budget without training."""
+        """Ask, run and tell one trial; False if it gave way to the budget or was refused."""
+        # After a refusal the whole next trial (its suggestions happen while it runs) is
+        # sampled by the fallback sampler.
+        sampler = self.study.sampler
+        if self._rejected_in_a_row:
+            self.study.sampler = self.fallback_sampler
+        try:
+            return self._run_one(budget)
+        finally:
+            self.study.sampler = sampler
+
+    def _run_one(self, budget: int) -> bool:
         self._claimed = None
         with warnings.catch_warnings():
             # Optuna warns that storage heartbeats belong to study.optimize; this loop runs its
@@ -106,9 +133,15 @@ class WorkerLoop:
                 return False
             outcome = self.runner.run(trial)
             self._tell(trial, trial_id, outcome)
+            if outcome.ending is Ending.REJECTED:
+                self._rejected_in_a_row += 1
+                log.info("trial %d not trained: %s", trial.number, outcome.reason)
+                return False
+            self._rejected_in_a_row = 0
             return True
         finally:
             self.heartbeat.track(None)
+
 
     def _tell(self, trial: optuna.Trial, trial_id: int | None, outcome: Outcome) -> None:
         if outcome.ending is Ending.STOPPED:
@@ -124,6 +157,9 @@ class WorkerLoop:
                         outcome.reason)
             return
         state = _TOLD[outcome.ending]
+        if outcome.ending is Ending.REJECTED:
+            self.study.tell(trial, state=state, skip_if_finished=True)
+            return
         frozen = self.study.tell(trial, outcome.values if state == TrialState.COMPLETE else None,
                                  state=state, skip_if_finished=True)
         if frozen.state != state:

@@ -6,37 +6,12 @@ import torch
 from torch import nn
 
 from hpo.config import Config
-from hpo.errors import HpoError
+from hpo.geometry import feature_map_sizes  # noqa: F401 (re-exported: tests, runner)
 
 _ACTIVATIONS = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU,
     "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
 }
-
-
-def feature_map_sizes(config: Config, image_size: int = 32) -> list[int]:
-    """Spatial size after each conv block: out = floor((N + 2P - K) / S) + 1, then pooling.
-
-    Raises HpoError naming the layer where the map would shrink below 1x1.
-    """
-    sizes = []
-    n = image_size
-    for layer in range(config.conv_layers):
-        n = (n + 2 * config.padding - config.kernel_size) // config.stride + 1
-        if n < 1:
-            raise HpoError(
-                f"impossible geometry: conv layer {layer + 1} (kernel {config.kernel_size}, "
-                f"stride {config.stride}, padding {config.padding}) shrinks the "
-                f"{sizes[-1] if sizes else image_size}px map below 1x1")
-        if config.pool != "none":
-            pooled = n // config.pool_size
-            if pooled < 1:
-                raise HpoError(
-                    f"impossible geometry: {config.pool}-pool {config.pool_size} after conv layer "
-                    f"{layer + 1} shrinks the {n}px map below 1x1")
-            n = pooled
-        sizes.append(n)
-    return sizes
 
 
 def _init_weights(model: nn.Module, scheme: str, activation: str) -> None:

@@ -83,6 +83,13 @@ def searched_keys(stage: Stage, frozen_config: dict[str, Any], probes: int = 16)
     return keys
 
 
+def _grid_line(name: str, values: list) -> str:
+    """A grid parameter as the reports wrote it: a power-of-two exponent as the power."""
+    if name.startswith("log2_"):
+        name, values = name[len("log2_"):], [2 ** v for v in values]
+    return f"- `{name}`: {', '.join(_value(v) for v in values)}"
+
+
 def stage_note(stage: Stage, frozen_from: dict[str, Any], frozen_config: dict[str, Any]) -> str:
     """The note's Markdown body."""
     lines = [f"## Stage `{stage.name}`", "", f"**Searches:** {stage.description}.", ""]
@@ -93,8 +100,7 @@ def stage_note(stage: Stage, frozen_from: dict[str, Any], frozen_config: dict[st
         log.warning("stage %s: grid(frozen) failed (%s); the note lists no grid", stage.name, e)
     if grid:
         lines += ["**Grid the course reports tried** (`--sampler grid` replays it):", ""]
-        lines += [f"- `{name}`: {', '.join(_value(v) for v in values)}"
-                  for name, values in grid.items()]
+        lines += [_grid_line(name, values) for name, values in grid.items()]
         lines.append("")
     lines += [f"**Frozen** (everything this stage does not search) **from** "
               f"{_origin(frozen_from)}.", ""]

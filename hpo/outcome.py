@@ -9,7 +9,9 @@ import enum
 
 class Ending(enum.Enum):
     COMPLETE = "complete"
-    PRUNED = "pruned"  # by the pruner, or impossible, or diverged: counts against the budget
+    PRUNED = "pruned"  # by the pruner, or diverged: counts against the budget
+    REJECTED = "rejected"  # impossible, or already trained in this study: FAIL, never trained,
+    # not counted against the budget
     FAILED = "failed"  # could not run (out of memory): FAIL, not re-queued
     STOPPED = "stopped"  # a stop signal: re-queue with the checkpoint, then FAIL
     REAPED = "reaped"  # a stale-trial check failed it under us: its retry re-runs it

@@ -54,12 +54,18 @@ def write_report(storage: Any, study_names: Sequence[str], out_dir: str | Path) 
         warnings.simplefilter("ignore", UserWarning)
         for name in study_names:
             study = optuna.load_study(study_name=name, storage=storage)
+            if "chain" in study.user_attrs:
+                continue  # a chain's record: no trials, shown as the chain's table below
             reports.append(_report_study(study, out_dir / slug(name)))
     chain = _chain(reports)
     chain_figure = _figure("Stage chain", out_dir / "chain.png",
                            lambda path: _chain_plot(chain, path)) if chain else None
     index = out_dir / "index.html"
-    index.write_text(render(reports, chain, chain_figure), encoding="utf-8")
+    from hpo.chain_view import chain_views
+
+    chains = [v for v in chain_views(storage)
+              if any(r.name.startswith(f"{v.name}.") for r in reports)]
+    index.write_text(render(reports, chain, chain_figure, chains), encoding="utf-8")
     figures = [f for r in reports for f in r.figures] + ([chain_figure] if chain_figure else [])
     return [f.path for f in figures if f.path is not None] + [index]
 

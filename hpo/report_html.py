@@ -39,8 +39,8 @@ figure{display:inline-block;margin:.5em;vertical-align:top;max-width:520px}.note
 code{font-size:90%}"""
 
 
-def render(reports: list[StudyReport], chain: list[StudyReport], chain_figure: Figure | None
-          ) -> str:
+def render(reports: list[StudyReport], chain: list[StudyReport], chain_figure: Figure | None,
+           chains: list | None = None) -> str:
     now = datetime.datetime.now().isoformat(timespec="seconds")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>HPO report</title>"
              f"<style>{_CSS}</style></head><body><h1>HPO report</h1><p>Written {now}.</p>"]
@@ -48,6 +48,17 @@ def render(reports: list[StudyReport], chain: list[StudyReport], chain_figure: F
              *(str(r.counts.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL")),
              _e(fmt(r.best_accuracy))] for r in reports]
     parts.append(_table(["study", "stage", "complete", "pruned", "failed", "best accuracy"], rows))
+    for view in chains or []:  # hpo-worker --chain: hpo.chain_view.ChainView
+        active = view.active
+        parts.append(f"<h2 id='chain-{slug(view.name)}'>Chain {_e(view.name)}</h2><p>"
+                     f"{_e(view.settings['epochs'])} epochs per trial, "
+                     f"{_e(view.settings['sampler'])} + {_e(view.settings['pruner'])}; "
+                     f"{'active stage ' + _e(active.stage) if active else 'finished'}; epochs "
+                     f"trained {view.epochs_spent}, at most {view.epochs_left} to go.</p>")
+        parts.append(_table(["stage", "study", "state", "trials", "best", "froze"], [
+            [_e(r.stage), _e(r.study), _e(r.state), f"{r.trained}/{r.budget}",
+             _e(fmt(r.best)) + (f" (#{r.best_trial})" if r.best_trial is not None else ""),
+             _e(r.froze)] for r in view.rows]))
     if chain:
         parts.append("<h2 id='chain'>Stage chain</h2><p>"
                      + " &rarr; ".join(_e(r.name) for r in chain) + "</p>")

@@ -52,6 +52,32 @@ def config_from_trial(spec: TrialSpec, trial: optuna.Trial, image_size: int) -> 
     return config
 
 
+def _already_trained(trial: optuna.Trial, config: dict[str, Any]
+                     ) -> optuna.trial.FrozenTrial | None:
+    """A trial of this study that trained, trains or will train exactly this config, or None.
+
+    A sampler may propose a finished point again (its result is already in the study), and two
+    workers asking at once may draw the same point: the later trial by number gives way to an
+    earlier one that is running or queued (a retry, or a point queued at set-up).
+    """
+    S = optuna.trial.TrialState
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number == trial.number:
+            continue
+        if other.state in (S.COMPLETE, S.PRUNED) and other.user_attrs.get("config") == config:
+            return other
+        if other.state == S.RUNNING and other.number < trial.number \
+                and other.params == trial.params:
+            return other
+        # A queued trial's parameters: a retry's are its params; enqueue_trial keeps them in
+        # the "fixed_params" system attribute until the trial runs (no public accessor;
+        # tests/test_optuna_contract.py fails if that changes).
+        if other.state == S.WAITING and other.number < trial.number and trial.params == (
+                other.params or other.system_attrs.get("fixed_params")):
+            return other
+    return None
+
+
 class TrialRunner:
     def __init__(self, spec: TrialSpec, data: DeviceData, checkpoints: CheckpointStore,
                  publisher: ArtifactPublisher, stop: threading.Event,
@@ -76,8 +102,13 @@ class TrialRunner:
             config = config_from_trial(self.spec, trial, self.data.image_size)
         except HpoError as e:
             self._side_written()
-            return self._pruned(trial, f"impossible configuration: {e}")
+            return self._rejected(trial, f"impossible configuration, not trained: {e}")
         config_dict = config.to_dict()
+        same = _already_trained(trial, config_dict)
+        if same is not None:
+            self._side_written()
+            return self._rejected(trial, f"the configuration of trial {same.number} "
+                                         f"({same.state.name.lower()}), not trained again")
         trial.set_user_attr("config", config_dict)
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
@@ -85,6 +116,9 @@ class TrialRunner:
         checkpoint_id = pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
         resume = self._resume(trial, pointer, config_dict)
         history = [EpochMetrics(**h) for h in (resume or {}).get("history", [])]
+
+        # The warm start (the configuration the stage inherited) always runs to the end.
+        prunable = self.spec.prunable and "warm_start" not in trial.user_attrs
 
         def on_epoch(m: EpochMetrics, snapshot: Callable[[], dict[str, Any]]) -> None:
             if self.spec.prunable:  # a step the failed attempt already reported is ignored
@@ -98,7 +132,8 @@ class TrialRunner:
                     then=lambda: self._point_to(trial, pointer))
             if self.on_epoch is not None:
                 self.on_epoch(trial, m)
-            if self.spec.prunable and trial.should_prune():
+            # Pruning after the last epoch would save nothing and lose a complete result.
+            if prunable and m.epoch < config.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {m.val_acc:.4f} after epoch "
                                          f"{m.epoch} is below the pruner's threshold")
 
@@ -143,6 +178,11 @@ class TrialRunner:
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()  # a storage error surfaces here, on the trial's own path
+
+    @staticmethod
+    def _rejected(trial: optuna.Trial, reason: str) -> Outcome:
+        trial.set_user_attr("end_reason", reason)
+        return Outcome(Ending.REJECTED, reason)
 
     def _pruned(self, trial: optuna.Trial, reason: str, checkpoint_id: str | None = None
                 ) -> Outcome:

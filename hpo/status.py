@@ -20,6 +20,8 @@ def study_rows(storage, only: str | None = None) -> list[dict]:
     for summary in sorted(summaries, key=lambda s: s.study_name):
         if only is not None and summary.study_name != only:
             continue
+        if "chain" in summary.user_attrs:
+            continue  # a chain's record holds no trials: shown by status_table's chain lines
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
             deepcopy=False)
         counts = {state: sum(t.state == state for t in trials) for state in _STATES}
@@ -39,15 +41,23 @@ def study_rows(storage, only: str | None = None) -> list[dict]:
 
 
 def status_table(storage, only: str | None = None) -> str:
+    from hpo.chain_view import chain_text, chain_views
+
     rows = study_rows(storage, only)
+    chains = [chain_text(v) for v in chain_views(storage)
+              if only is None or only == v.name or only.startswith(f"{v.name}.")]
+    if chains and not rows:
+        return "\n\n".join(chains)
     if not rows:
         return "no studies in this storage yet (start one with: hpo-worker --study stage1_layers)"
-    header = (f"{'study':<24}{'stage':<22}{'done':>5}{'pruned':>7}{'failed':>7}{'running':>8}"
-              f"{'waiting':>8}  {'best':<16}running now")
+    wide = max(24, *(len(r["study"]) + 2 for r in rows))
+    stage = max(22, *(len(r["stage"]) + 2 for r in rows))
+    header = (f"{'study':<{wide}}{'stage':<{stage}}{'done':>5}{'pruned':>7}{'failed':>7}"
+              f"{'running':>8}{'waiting':>8}  {'best':<16}running now")
     lines = [header, "-" * len(header)]
     for r in rows:
         best = f"{r['best']:.4f} (#{r['best_trial']})" if r["best"] is not None else "-"
-        lines.append(f"{r['study']:<24}{r['stage']:<22}{r['complete']:>5}{r['pruned']:>7}"
-                     f"{r['fail']:>7}{r['running']:>8}{r['waiting']:>8}  {best:<16}"
-                     f"{' '.join(r['running_now']) or '-'}")
-    return "\n".join(lines)
+        lines.append(f"{r['study']:<{wide}}{r['stage']:<{stage}}{r['complete']:>5}"
+                     f"{r['pruned']:>7}{r['fail']:>7}{r['running']:>8}{r['waiting']:>8}  "
+                     f"{best:<16}{' '.join(r['running_now']) or '-'}")
+    return "\n\n".join(["\n".join(lines), *chains])

@@ -48,6 +48,7 @@ class Settings:
     objectives: str = "accuracy"
     bf16: bool = False  # bf16 autocast: a property of the results, so of the study
     matmul_precision: str = "highest"
+    exhaustive: bool = False  # a finite space no larger than the budget: every point once
 
 
 SETTING_FLAGS = ("dataset", "epochs", "train_size", "val_fraction", "seed", "n_trials", "sampler",
@@ -117,16 +118,35 @@ def preflight(url: str, study_name: str, space: str | None, flags: dict[str, Any
             raise HpoError(f"--after {after!r}: no such study; {path} does not exist yet")
 
 
-def new_settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any]) -> Settings:
-    """A new study's settings: flags over the stage's defaults."""
+def new_settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any],
+                 default_n_trials: int | None = None
+                 ) -> tuple[Settings, list[dict[str, Any]] | None]:
+    """A new study's settings (flags over the stage's defaults), and the points to enqueue when
+    its space is finite and no larger than the budget (then the budget is the space's size)."""
+    from hpo.space import possible_points
+
     given = {k: v for k, v in flags.items() if v is not None}
     settings = Settings(**{"stage": stage.name, "epochs": stage.epochs,
-                           "n_trials": stage.n_trials, **given})
+                           "n_trials": default_n_trials or stage.n_trials, **given})
     if not parse_objectives(settings.objectives).single:
         settings.pruner = "none"
-    if settings.sampler == "grid" and flags.get("n_trials") is None:
-        settings.n_trials = grid_size(stage, frozen)  # every point once
-    return settings
+    if settings.sampler == "grid":
+        if flags.get("n_trials") is None:  # every distinct, possible point once
+            settings.n_trials = grid_size(stage, frozen, _image_size(settings.dataset))
+        return settings, None
+    points = possible_points(stage, frozen, settings.n_trials, _image_size(settings.dataset))
+    if points is not None:
+        if len(points) < settings.n_trials:
+            log.info("%s: its space has %d possible points, fewer than the budget of %d: each is "
+                     "trained once", stage.name, len(points), settings.n_trials)
+        settings.n_trials, settings.exhaustive = len(points), True
+    return settings, points
+
+
+def _image_size(dataset: str) -> int:
+    from hpo.data import image_size
+
+    return image_size(dataset)
 
 
 def joined_settings(study_name: str, stored: dict[str, Any], flags: dict[str, Any]) -> Settings:
@@ -223,7 +243,7 @@ def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
 
 def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any],
                after: str | None = None, from_file: str | None = None,
-               freeze_best_so_far: bool = False
+               freeze_best_so_far: bool = False, default_n_trials: int | None = None
                ) -> tuple[optuna.Study, Stage, Settings, dict[str, Any]]:
     """Create or join a study; return it with its stage, settings and frozen base config.
 
@@ -244,7 +264,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         # Checked before create_study, so that a failing command leaves no study behind.
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
                                                  freeze_best_so_far)
-        settings = new_settings(stage, flags, frozen)
+        settings, points = new_settings(stage, flags, frozen, default_n_trials)
         objectives = parse_objectives(settings.objectives)
         try:
             study = optuna.create_study(study_name=study_name, storage=storage,
@@ -252,7 +272,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another worker created it a moment ago: join it below
         else:
-            _set_up(study, stage, settings, frozen, origin, after)
+            _set_up(study, stage, settings, frozen, origin, after, points)
             return study, stage, settings, frozen
     study = optuna.load_study(study_name=study_name, storage=storage)
     stored = _wait_for_setup(study)
@@ -261,18 +281,19 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
                  stage.name)
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
                                                  freeze_best_so_far)
-        settings = new_settings(stage, flags, frozen)
-        _set_up(study, stage, settings, frozen, origin, after)
+        settings, points = new_settings(stage, flags, frozen, default_n_trials)
+        _set_up(study, stage, settings, frozen, origin, after, points)
         return study, stage, settings, frozen
     settings = joined_settings(study_name, stored["settings"], flags)
-    if from_file or after:
+    if from_file or (after and after != (stored.get("frozen_from") or {}).get("study")):
         log.warning("study %r already has its frozen base (from %s); --from/--after ignored",
                     study_name, stored.get("frozen_from"))
     return study, stage, settings, stored["frozen_config"]
 
 
 def _set_up(study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
-            origin: dict[str, Any], after: str | None) -> None:
+            origin: dict[str, Any], after: str | None,
+            points: list[dict[str, Any]] | None = None) -> None:
     study.set_user_attr("setting_up", True)  # joiners: wait for "stage" rather than adopt it
     study.set_user_attr("frozen_config", frozen)
     study.set_user_attr("frozen_from", origin)
@@ -284,12 +305,35 @@ def _set_up(study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(parse_objectives(settings.objectives).metric_names))
     write_stage_note(study, stage, origin, frozen)
+    _enqueue_start(study, stage, settings, frozen, origin, points)
     study.set_user_attr("stage", stage.name)  # the marker, last: joiners wait for it
     if origin.get("defaults"):
         # Expected for a first stage; worth a warning when a predecessor was meant to exist.
         level = logging.INFO if (after or stage.builds_on) is None else logging.WARNING
         log.log(level, "%s: %s; using the documented defaults (search_spaces/_stage.py "
                 "DEFAULTS)", study.study_name, origin["reason"])
+
+
+def _enqueue_start(study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
+                   origin: dict[str, Any], points: list[dict[str, Any]] | None) -> None:
+    """Queue the study's first trials, once, before joiners may ask: the inherited configuration
+    (the warm start: the stage's best can then never fall below what it inherited), then, for
+    an exhaustive stage, every other point of its space."""
+    from hpo.space import inherited_params
+
+    if settings.sampler == "grid":
+        return  # the reports' grid, as they ran it
+    # A study made outside hpo may hold trials already (e.g. queued by hand): not twice.
+    present = [t.params or t.system_attrs.get("fixed_params") or {}
+               for t in study.get_trials(deepcopy=False)]
+    warm = inherited_params(stage, frozen)
+    if warm is not None and not present:
+        source = {k: origin[k] for k in ("study", "trial", "file", "defaults") if k in origin}
+        study.enqueue_trial(warm, user_attrs={"warm_start": source})
+        present.append(warm)
+    for params in points or []:
+        if params not in present:
+            study.enqueue_trial(params)
 
 
 def update_budget(storage, study_name: str, n_trials: int) -> tuple[int, int]:
@@ -314,6 +358,9 @@ class GridUntilBudget(optuna.samplers.GridSampler):
 
 def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed: int | None):
     name = settings.sampler
+    if settings.exhaustive:
+        # Every point is queued at set-up; the sampler is only asked if the budget is raised.
+        return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
         # constant_liar: running trials count as bad, so concurrent workers spread out.
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
@@ -334,8 +381,8 @@ def make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def grid_size(stage: Stage, frozen: dict[str, Any]) -> int:
-    size = 1
-    for values in stage.grid(frozen).values():
-        size *= len(values)
-    return size
+def grid_size(stage: Stage, frozen: dict[str, Any], image_size: int = 32) -> int:
+    """How many trials the stage's grid trains: its distinct configs that can be built."""
+    from hpo.space import grid_configs
+
+    return len(grid_configs(stage, frozen, image_size))

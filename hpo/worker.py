@@ -26,17 +26,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = OneLineParser(
         prog="hpo-worker", description="Run trials of a stage study from a shared storage.")
-    p.add_argument("--study", required=True, help="study name (a stage name, or any with --space)")
+    p.add_argument("--study", help="study name (a stage name, or any with --space)")
+    p.add_argument("--chain", nargs="?", const="all", metavar="FIRST..LAST",
+                   help="run the stages one after another, hands-free: all (the default: "
+                        "stage1_layers..stage8_schedule) or a range such as "
+                        "stage3_filters..stage8_schedule")
+    p.add_argument("--chain-name", default="chain",
+                   help="the chain's name; its stages are the studies NAME.<stage> (default chain)")
     p.add_argument("--space", help="stage to search when the study name is not a stage name")
     p.add_argument("--storage", help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
     p.add_argument("--artifacts", help="artifact folder (default: $HPO_ARTIFACTS, else beside the db)")
-    p.add_argument("--n-trials", type=at_least(0), help="study-wide trial budget shared by all workers")
+    p.add_argument("--n-trials", type=at_least(0),
+                   help="study-wide trial budget shared by all workers (with --chain: per stage; "
+                        "default: the chain's per-stage budgets)")
     p.add_argument("--timeout", type=at_least(0, float), help="stop starting trials after this many seconds")
     p.add_argument("--sampler", type=one_of(*SAMPLERS), help="tpe | random | grid | gp | cmaes (default tpe)")
     p.add_argument("--pruner", type=one_of(*PRUNERS), help="median | hyperband | none (default median)")
     p.add_argument("--objectives", type=one_of(*OBJECTIVES), help="accuracy | accuracy,time | accuracy,params")
     p.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
-    p.add_argument("--epochs", type=at_least(1), help="epochs per trial (default: the stage's)")
+    p.add_argument("--epochs", type=at_least(1),
+                   help="epochs per trial (default: the stage's; with --chain: 10, every stage)")
     p.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")
     p.add_argument("--val-fraction", type=between(0, 1, float, open_ends=True),
                    help="share of the training set held out for validation (default 0.1)")
@@ -93,54 +102,82 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_worker(args: argparse.Namespace, device_name: str,
-               stop: threading.Event | None = None) -> int:
-    """One worker process: join the study, then run trials until the budget or a signal."""
-    stop = stop or stop_on_signals()
-    from hpo import data as data_module
-    from hpo.artifacts import ArtifactPublisher
-    from hpo.budget import stored_budget, tally
-    from hpo.checkpoints import CheckpointStore
-    from hpo.heartbeat import Heartbeat
-    from hpo.loop import WorkerLoop
-    from hpo.objectives import parse_objectives
-    from hpo.progress import Progress
-    from hpo.reaper import Reaper, ReaperThread
-    from hpo.runner import TrialRunner, TrialSpec
-    from hpo.storage import check_artifact_folder, open_artifact_store, open_storage, resolve_url
-    from hpo.study import make_pruner, make_sampler, open_study, preflight, settings_flags
-    from hpo.train import configure_backend, resolve_device
+FALLBACK_POINTS = 20_000  # a finite space up to this size gets untried points after a refusal
 
-    device = resolve_device(device_name)
-    url = resolve_url(args.storage)
-    preflight(url, args.study, args.space, settings_flags(args), args.after, args.from_file)
-    check_artifact_folder(args.artifacts, url)
-    storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
-                           outage_timeout=args.outage_timeout)
-    try:
-        study, stage, settings, frozen = open_study(storage, args.study, args.space,
-                                                    settings_flags(args), args.after,
-                                                    args.from_file, args.freeze_best_so_far)
+
+class _Session:
+    """What one worker process keeps across the studies it runs (a chain runs several): the
+    storage, the device, the data (loaded once) and the stop signal."""
+
+    def __init__(self, args: argparse.Namespace, device, url: str, storage,
+                 stop: threading.Event):
+        self.args, self.device, self.url, self.storage, self.stop = args, device, url, storage, stop
+        self.deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        self._data, self._store, self._ready = {}, None, False
+
+    def data(self, settings):
+        from hpo import data as data_module
+        from hpo.storage import open_artifact_store
+        from hpo.train import configure_backend
+
+        key = (settings.dataset, settings.val_fraction, settings.split_seed, settings.train_size)
+        if key not in self._data:
+            self._data[key] = data_module.load(settings.dataset, self.device,
+                                               settings.val_fraction, settings.split_seed,
+                                               settings.train_size)
+        configure_backend(self.device, settings.matmul_precision)
+        if not self._ready:
+            _warm_up()
+            self._store = open_artifact_store(self.args.artifacts, self.url)
+            self._ready = True
+        return self._data[key], self._store
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def run_study(self, study_name: str, space: str | None, flags: dict, after: str | None,
+                  from_file: str | None, freeze_best_so_far: bool = False,
+                  default_n_trials: int | None = None) -> None:
+        """Join (or create) one study and run its trials until its budget is spent (nothing
+        running elsewhere either), the deadline passes or a stop signal."""
+        from hpo.artifacts import ArtifactPublisher
+        from hpo.budget import stored_budget, tally
+        from hpo.checkpoints import CheckpointStore
+        from hpo.heartbeat import Heartbeat
+        from hpo.loop import WorkerLoop
+        from hpo.objectives import parse_objectives
+        from hpo.progress import Progress
+        from hpo.reaper import Reaper, ReaperThread
+        from hpo.runner import TrialRunner, TrialSpec
+        from hpo.space import possible_points
+        from hpo.study import make_pruner, make_sampler, open_study
+        from hpo.untried import UntriedPoints
+
+        args, storage, stop = self.args, self.storage, self.stop
+        study, stage, settings, frozen = open_study(storage, study_name, space, flags, after,
+                                                    from_file, freeze_best_so_far,
+                                                    default_n_trials)
         slot = int(os.environ.get("HPO_WORKER_SLOT", "0"))
-        sampler_seed = None if args.seed is None else args.seed + slot
-        study = optuna.load_study(study_name=args.study, storage=storage,
+        sampler_seed = None if settings.seed is None else settings.seed + slot
+        study = optuna.load_study(study_name=study_name, storage=storage,
                                   sampler=make_sampler(settings, stage, frozen, sampler_seed),
                                   pruner=make_pruner(settings))
         reaper = Reaper(storage)
         reaper.reap(study, force=True)  # pick up what dead workers left behind
         budget = lambda: stored_budget(study)  # noqa: E731 (re-read: --update may raise it)
-        if tally(study).left(budget()) <= 0:
-            print(f"study {args.study!r}: budget of {budget()} trials already used; nothing to do")
-            return 0
+        counts = tally(study)
+        if counts.left(budget()) <= 0 and counts.counts[optuna.trial.TrialState.RUNNING] == 0:
+            if args.chain is None:
+                print(f"study {study_name!r}: budget of {budget()} trials already used; "
+                      "nothing to do")
+            else:
+                log.info("%s: finished (budget of %d trials used)", study_name, budget())
+            return
 
-        data = data_module.load(settings.dataset, device, settings.val_fraction,
-                                settings.split_seed, settings.train_size)
-        configure_backend(device, settings.matmul_precision)
-        _warm_up()
-        store = open_artifact_store(args.artifacts, url)
+        data, store = self.data(settings)
         if stop.is_set():
             log.warning("stopped during start-up; no trial started")
-            return 0
+            return
         objectives = parse_objectives(settings.objectives)
         spec = TrialSpec(stage, frozen, settings.epochs, settings.seed, objectives,
                          prunable=objectives.single and settings.pruner != "none",
@@ -149,14 +186,24 @@ def run_worker(args: argparse.Namespace, device_name: str,
         runner = TrialRunner(spec, data, CheckpointStore(store), ArtifactPublisher(store), stop,
                              on_epoch=progress.epoch)
         heartbeat = Heartbeat(storage)
+        if settings.sampler == "grid":
+            fallback = study.sampler  # the grid's next unvisited point, and its value lists
+        else:
+            points = None if settings.exhaustive else possible_points(
+                stage, frozen, FALLBACK_POINTS, data.image_size)
+            fallback = UntriedPoints(points, sampler_seed) if points else None
         loop = WorkerLoop(study, storage, runner, budget, reaper, heartbeat, stop,
-                          wait_interval=max(1, args.heartbeat),
-                          deadline=None if args.timeout is None else time.monotonic() + args.timeout,
+                          # Polling while others finish the budget is two small queries:
+                          # often enough that a chain's workers move on together.
+                          wait_interval=min(args.heartbeat, 2), deadline=self.deadline,
                           on_trial_done=lambda t, counts: progress.trial_done(
-                              t, counts.finished, counts.best))
-        log.info("worker on %s joins study %r (stage %s, %s sampler, %s pruner, budget %d trials, "
-                 "%d epochs, dataset %s)", device, args.study, stage.name, settings.sampler,
-                 settings.pruner, budget(), settings.epochs, settings.dataset)
+                              t, counts.finished, counts.best),
+                          fallback_sampler=fallback)
+        log.info("worker on %s joins study %r (stage %s, %s sampler, %s pruner, budget %d trials%s, "
+                 "%d epochs, dataset %s)", self.device, study_name, stage.name,
+                 settings.sampler, settings.pruner, budget(),
+                 " (every point of the space once)" if settings.exhaustive else "",
+                 settings.epochs, settings.dataset)
         reaper_thread = ReaperThread(reaper, lambda: (study,))
         heartbeat.start()
         reaper_thread.start()
@@ -166,13 +213,90 @@ def run_worker(args: argparse.Namespace, device_name: str,
             reaper_thread.halt.set()
             heartbeat.stop()
             progress.close()
+
+
+def run_worker(args: argparse.Namespace, device_name: str,
+               stop: threading.Event | None = None) -> int:
+    """One worker process: join the study (or each stage of the chain in turn), then run trials
+    until the budget or a signal."""
+    stop = stop or stop_on_signals()
+    from hpo.storage import check_artifact_folder, open_storage, resolve_url
+    from hpo.study import preflight, settings_flags
+    from hpo.train import resolve_device
+
+    device = resolve_device(device_name)
+    url = resolve_url(args.storage)
+    chain = None
+    if args.chain is not None:
+        from hpo.chain import parse_chain
+
+        chain = parse_chain(args.chain)
+    preflight(url, args.study if chain is None else chain[0].name,
+              args.space if chain is None else chain[0].name,
+              settings_flags(args), args.after, args.from_file)
+    check_artifact_folder(args.artifacts, url)
+    storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
+                           outage_timeout=args.outage_timeout)
+    session = _Session(args, device, url, storage, stop)
+    try:
+        if chain is None:
+            session.run_study(args.study, args.space, settings_flags(args), args.after,
+                              args.from_file, args.freeze_best_so_far)
+        else:
+            run_chain(session, chain)
         return 0
     finally:
         storage.dispose()  # release connections now, not at interpreter exit
 
 
+def run_chain(session: _Session, stages) -> None:
+    """Each stage of the chain in turn; a stage starts once its predecessor is finished."""
+    from hpo import chain as chains
+    from hpo.study import settings_flags
+
+    args, storage = session.args, session.storage
+    record = chains.open_chain(storage, args.chain_name, stages, settings_flags(args))
+    existing = {s.study_name for s in storage.get_all_studies()}
+    previous = None
+    if args.after is None and stages[0].builds_on is not None:
+        # A partial chain builds on the same chain's earlier stage where that exists.
+        inherited = f"{args.chain_name}.{stages[0].builds_on}"
+        previous = inherited if inherited in existing else None
+    from hpo.chain_view import write_chain_note
+
+    for i, stage in enumerate(stages):
+        name = chains.study_name(args.chain_name, stage)
+        log.info("chain %r: stage %d of %d, %s", args.chain_name, i + 1, len(stages), name)
+        write_chain_note(storage, args.chain_name)
+        session.run_study(name, stage.name, chains.stage_flags(record),
+                          after=previous if i else (args.after or previous),
+                          from_file=None if i else args.from_file,
+                          default_n_trials=chains.stage_budget(stage, record))
+        if session.stop.is_set() or session.out_of_time():
+            log.info("chain %r: stopped in %s; start the same command again to go on",
+                     args.chain_name, name)
+            return
+        previous = name
+    write_chain_note(storage, args.chain_name)
+    log.info("chain %r finished: %s", args.chain_name, " -> ".join(s.name for s in stages))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.study is None) == (args.chain is None):
+        parser.error("give --study NAME (one stage) or --chain [FIRST..LAST] (stages in turn)")
+    from hpo.chain import check_name
+
+    try:
+        check_name(args.chain_name)
+    except HpoError as e:
+        parser.error(str(e))
+    if args.chain is not None and args.space is not None:
+        parser.error("--space names one study's stage; a chain's stages come from --chain")
+    if args.chain is not None and args.freeze_best_so_far:
+        parser.error("--freeze-best-so-far is for one stage started by hand; a chain waits for "
+                     "each stage to finish")
     setup_logging(args.quiet)
     try:
         from hpo.launcher import plan_slots, supervise

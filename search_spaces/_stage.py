@@ -3,7 +3,13 @@
 A stage module defines ``STAGE = Stage(...)``. ``suggest(trial, frozen)`` returns the full config
 as a plain dict: ``frozen`` (the best config of the stage it builds on) with the searched knobs
 replaced. ``grid(frozen)`` returns the values the course reports tried, as a GridSampler space
-whose keys are exactly the parameter names ``suggest`` asks the trial for.
+whose keys are exactly the parameter names ``suggest`` asks the trial for. ``params_of(config)``
+(optional) is the inverse of ``suggest``: the parameters under which it returns ``config``
+unchanged, so a chain can start each stage with the configuration it inherited (the warm start).
+
+Ordered knobs are asked as integers (a power of two as its exponent, ``log2_...``), so samplers
+see their order; a parameter is asked only where it changes the network (no FC width without a
+hidden FC layer), so no two points of a space train the same configuration.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 Suggest = Callable[[Any, dict], dict]
 Grid = Callable[[dict], dict]
+ParamsOf = Callable[[dict], "dict | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +32,7 @@ class Stage:
     epochs: int
     suggest: Suggest
     grid: Grid
+    params_of: ParamsOf | None = None
 
 
 # Used when a stage has no finished predecessor: the reports' starting point (3 conv + 2 FC,
@@ -58,3 +66,23 @@ def pattern(widths: list[int]) -> str:
 
 def parse_pattern(value: str) -> list[int]:
     return [] if value == "none" else [int(w) for w in value.split("-")]
+
+
+def log2(value: int) -> int | None:
+    """The exponent of a power of two, or None for any other number."""
+    if isinstance(value, int) and value > 0 and value & (value - 1) == 0:
+        return value.bit_length() - 1
+    return None
+
+
+def filters_params(widths: list[int]) -> dict[str, int] | None:
+    """The (base, last-layer growth) exponents filters_for builds ``widths`` from, or None."""
+    if not widths:
+        return {}
+    base = log2(widths[0])
+    if base is None:
+        return None
+    if len(widths) == 1:
+        return {"log2_filters_base": base}
+    growth = log2(widths[-1] // widths[-2]) if widths[-1] % widths[-2] == 0 else None
+    return None if growth is None else {"log2_filters_base": base, "log2_last_factor": growth}

@@ -14,6 +14,12 @@ def suggest(trial, frozen):
             "lr": trial.suggest_float(f"lr_{name}", low, high, log=True)}
 
 
+def params_of(config):
+    if config["nesterov"] or config["optimizer"] not in LR_RANGES:
+        return None
+    return {"optimizer": config["optimizer"], f"lr_{config['optimizer']}": config["lr"]}
+
+
 def grid(frozen):
     # The reports' comparison: Adam lr 0.001 against SGD (momentum) lr 0.01.
     return {"optimizer": ["sgd", "adam"], "lr_sgd": [0.01], "lr_adam": [0.001]}
@@ -23,5 +29,5 @@ STAGE = Stage(
     name="stage7_optimizer",
     builds_on="stage6_batchnorm",
     description="SGD (momentum) vs Adam, AdamW, RMSprop, Adagrad, Adadelta, each with its own lr",
-    n_trials=20, epochs=10, suggest=suggest, grid=grid,
+    n_trials=20, epochs=10, suggest=suggest, grid=grid, params_of=params_of,
 )

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import math
 import os
 import shutil
@@ -493,8 +494,19 @@ W_COMMON = {
     "HPO_STORAGE": storage_env(read_only=False),
     "HPO_STAGES": BAD_STAGES_ENV,
 }
+BAD_CHAIN = st.one_of(
+    st.sampled_from(["", "stage1_layers", "..", "stage1_layers..", "..stage2_fc",
+                     "stage2_fc..stage1_layers", "stage1_layers..joint", "a..b..c",
+                     "stage1_layers...stage2_fc", "stage1_layers..stage9", "a\nb"]),
+    NAME.filter(lambda s: s != "all"))
+BAD_CHAIN_NAME = st.one_of(
+    st.sampled_from(["", "a.b", "a b", "x/y", "\u00fc", "a\nb"]),
+    SAFE_TEXT.filter(lambda s: not re.fullmatch(r"[A-Za-z0-9_-]+", s)))
+
 WORKER = {
     **W_COMMON,
+    "--chain": flag_values("--chain", BAD_CHAIN),
+    "--chain-name": flag_values("--chain-name", BAD_CHAIN_NAME),
     "--timeout": flag_values("--timeout", float_at_least_zero()),
     "--devices": flag_values("--devices", BAD_DEVICES,
                              names=("--devices", "device")),
@@ -524,7 +536,8 @@ EXPORT = {
     "--top": flag_values("--top", int_at_least(1)),
     "--trial": st.one_of(
         flag_values("--trial", int_at_least(0)),
-        st.integers(2, 10**9).map(str).flatmap(  # no such trial: the study has trials 0 and 1
+        # no such trial: the study has trials 0 (its warm start, queued), 1 and 2
+        st.integers(3, 10**9).map(str).flatmap(
             lambda v: _flag_value("--trial", v, names=("--trial", f"trial {v}")))),
 }
 DASHBOARD = {

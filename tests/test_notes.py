@@ -17,7 +17,8 @@ from search_spaces import DEFAULTS, all_stages, get_stage
 
 
 def _open(url: str, name: str, space: str | None = None) -> optuna.Study:
-    return open_study(open_storage(url), name, space, {})[0]
+    # freeze_best_so_far: the predecessor here keeps its queued warm start, never run
+    return open_study(open_storage(url), name, space, {}, freeze_best_so_far=True)[0]
 
 
 def test_note_stage1_says_grid_defaults_and_reports_choice(sqlite_url):
@@ -37,7 +38,8 @@ def test_note_names_the_predecessor_trial_it_froze_from(sqlite_url):
     stage1.add_trial(create_trial(state=TrialState.COMPLETE, value=0.61,
                                   user_attrs={"config": config}))
     note = get_note(_open(sqlite_url, "stage2_fc"))
-    assert "the best trial of study `stage1_layers`: trial 0, validation accuracy 0.6100" in note
+    # trial 0 is stage1's queued warm start; the added trial is 1
+    assert "the best trial of study `stage1_layers`: trial 1, validation accuracy 0.6100" in note
     assert "| `filters` | 64-128-512 |" in note and "| `lr` | 0.02 |" in note
     assert "- `fc_layers`: 1, 2, 3" in note
     assert "**The course reports chose:** 2 FC layers." in note

@@ -108,3 +108,11 @@ def test_trial_cache_wraps_and_delegates_to_the_rdb_storage(sqlite_url):
     with pytest.warns(UserWarning, match="Heartbeat of storage"):  # filtered in hpo/loop.py
         study.ask()
     storage.remove_session()
+
+
+def test_enqueued_parameters_wait_in_the_fixed_params_system_attribute():
+    # hpo/runner.py reads a queued trial's parameters there to avoid training a point twice.
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 3})
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+    assert waiting.params == {} and waiting.system_attrs["fixed_params"] == {"x": 3}

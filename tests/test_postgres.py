@@ -27,10 +27,13 @@ def test_four_workers_share_one_study_within_budget(pg_url, tmp_path):
     finished = [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 10  # exactly the budget, across four processes
     assert not [t for t in ts if t.state == TrialState.RUNNING]
-    # A trial created in a race after the budget filled gives way without training.
+    # A trial created in a race after the budget filled gives way without training, and one
+    # that drew a point another worker was training (same seed) is refused untrained.
     for t in ts:
         if t.state == TrialState.FAIL:
-            assert t.user_attrs["end_reason"].startswith("over budget"), t.user_attrs
+            reason = t.user_attrs["end_reason"]
+            assert reason.startswith("over budget") or "not trained again" in reason, t.user_attrs
+            assert "history" not in t.user_attrs
     pids = {t.user_attrs["pid"] for t in finished}
     assert len(pids) >= 2, "the trials were not shared between workers"
 

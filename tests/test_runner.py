@@ -139,20 +139,32 @@ def test_runner_diverging_trial_is_pruned_with_reason(small_data, store):
     assert after.state == TrialState.COMPLETE  # the study goes on
 
 
-def test_runner_impossible_geometry_is_pruned_without_training(small_data, store):
+def test_runner_impossible_geometry_is_refused_without_training(small_data, store):
+    # Told FAIL, which the budget does not count (issue 10: an impossible map neither trains
+    # nor uses up the budget).
     stage4 = get_stage("stage4_conv")
     frozen = {**TINY, "conv_layers": 4, "filters": [8, 8, 8, 8]}
     study = _study(pruner="none")
-    study.enqueue_trial({"kernel_size": 7, "stride": 2, "padding": 0, "pool": "max",
-                         "pool_size": 2})
-    study.enqueue_trial({"kernel_size": 3, "stride": 1, "padding": 1, "pool": "max",
-                         "pool_size": 2})
+    study.enqueue_trial({"kernel_size": 7, "stride": 2, "padding": 0, "pool": "max"})
+    study.enqueue_trial({"kernel_size": 3, "stride": 1, "padding": 1, "pool": "max"})
     _objective(small_data, store, stage=stage4, frozen=frozen, epochs=1)(study, 2)
     impossible, possible = study.trials
-    assert impossible.state == TrialState.PRUNED
+    assert impossible.state == TrialState.FAIL
     assert "impossible" in impossible.user_attrs["end_reason"]
     assert "history" not in impossible.user_attrs and "config" not in impossible.user_attrs
     assert possible.state == TrialState.COMPLETE
+
+
+def test_runner_never_trains_a_configuration_the_study_already_finished(small_data, store):
+    study = _study(pruner="none")
+    for lr in (0.02, 0.03, 0.02):
+        study.enqueue_trial({"lr": lr})
+    _objective(small_data, store, epochs=1)(study, 3)
+    first, other, again = study.trials
+    assert (first.state, other.state) == (TrialState.COMPLETE, TrialState.COMPLETE)
+    assert again.state == TrialState.FAIL  # not counted against the budget
+    assert "trial 0" in again.user_attrs["end_reason"]
+    assert "history" not in again.user_attrs and "seconds" not in again.user_attrs
 
 
 def test_runner_multi_objective_returns_accuracy_and_time(small_data, store):

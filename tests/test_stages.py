@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import pkgutil
+import types
 import warnings
 
 import optuna
@@ -66,6 +67,14 @@ def test_stage_random_trials_give_buildable_configs(name, base):
     assert frozen == before, "suggest mutated the frozen base"
 
 
+def _grid_trial(point, space):
+    """A fixed trial as GridSampler would run it: stage5 offers the reports' whole L1 list to
+    the grid and only the trainable strengths to a search."""
+    trial = FixedTrial(point)
+    trial.study = types.SimpleNamespace(sampler=GridSampler(space))
+    return trial
+
+
 @pytest.mark.parametrize("base", list(BASES))
 @pytest.mark.parametrize("name", list(STAGES))
 def test_stage_fixed_trial_from_first_grid_point(name, base):
@@ -73,10 +82,10 @@ def test_stage_fixed_trial_from_first_grid_point(name, base):
     first = _grid_points(stage.grid(frozen))[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a grid value outside suggest's distribution warns
-        trial = FixedTrial(first)
+        trial = _grid_trial(first, stage.grid(frozen))
         config = stage.suggest(trial, frozen)
     _check_config(config, frozen)
-    assert trial.params and set(trial.params) <= set(first)
+    assert set(trial.params) <= set(first) and (trial.params or not first)
 
 
 @pytest.mark.parametrize("base", list(BASES))
@@ -84,12 +93,15 @@ def test_stage_fixed_trial_from_first_grid_point(name, base):
 def test_stage_grid_keys_are_exactly_the_suggested_parameters(name, base):
     stage, frozen = STAGES[name], BASES[base]
     space = stage.grid(frozen)
-    assert space and all(isinstance(v, list) and v for v in space.values())
+    # Empty only where the stage has nothing to search on this base (no conv layer to widen).
+    assert space or (frozen["conv_layers"] == 0 and name in ("stage3_filters", "stage4_conv")) \
+        or (frozen["conv_layers"] == 0 and not frozen["fc_widths"] and name == "stage6_batchnorm")
+    assert all(isinstance(v, list) and v for v in space.values())
     asked: set[str] = set()
     for point in _grid_points(space):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            trial = FixedTrial(point)  # raises if suggest asks for a name the grid lacks
+            trial = _grid_trial(point, space)  # raises if suggest asks for a name the grid lacks
             stage.suggest(trial, frozen)
         asked |= set(trial.params)
     assert asked == set(space), f"grid keys never asked for: {set(space) - asked}"

@@ -192,11 +192,14 @@ def test_worker_budget_holds_with_two_workers_started_together(sqlite_url, tmp_p
               for t in trials]
     finished = [t for t in trials if t.state in FINISHED]
     assert len(finished) == n, f"budget {n}, finished {len(finished)}: {detail}"
-    # A trial created in the race after the budget filled gives way without training.
+    # A trial created in the race after the budget filled gives way without training; one
+    # that drew the point the other worker was already training is refused untrained (both
+    # workers run with the same seed here).
     extra = [t for t in trials if t not in finished]
-    assert all(t.state == TrialState.FAIL and "over budget" in t.user_attrs["end_reason"]
+    assert all(t.state == TrialState.FAIL and ("over budget" in t.user_attrs["end_reason"]
+                                               or "not trained again" in t.user_attrs["end_reason"])
                and "history" not in t.user_attrs for t in extra), detail
-    assert len(extra) <= 1, detail
+    assert len([t for t in extra if "over budget" in t.user_attrs["end_reason"]]) <= 1, detail
 
 
 @pytest.mark.slow

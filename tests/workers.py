@@ -58,8 +58,9 @@ def checkpointed_trial(storage: str, study: str, min_epoch: int):
 
 
 def populate_stage1_study(url: str, study: str) -> None:
-    """A stage1_layers study (1 epoch, 200 images, budget 5) with two complete trials, for tests
-    that check a refused command leaves what is stored exactly as it was."""
+    """A stage1_layers study (1 epoch, 200 images, budget 5): its warm start queued as trial 0,
+    then two complete trials, for tests that check a refused command leaves what is stored
+    exactly as it was."""
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 

@@ -1,0 +1,207 @@
+"""Search quality on real CIFAR-10: tuning by hand (the reports' grids, stage after stage) vs
+``hpo-worker --chain`` with its defaults vs a joint TPE search, all counted in epochs trained.
+
+Arms, each the real ``hpo-worker`` in its own SQLite database, per seed:
+
+- ``hand``: the reports' process: every stage's grid (``--chain --sampler grid --pruner none``),
+  one stage after another, each freezing the best of the one before (no warm start, no pruning).
+- ``chain``: ``hpo-worker --chain`` with its defaults (TPE, Hyperband, the chain's per-stage
+  budgets, warm starts, exhaustive small stages).
+- ``joint``: TPE over the ``joint`` space (every knob at once) with the chain's pruner and as
+  many trials as the chain's budgets add up to.
+
+Per arm: best validation accuracy, epochs trained, wall time, epochs trained until the arm first
+matched the hand arm's final best (in the order trials finished), and the winner's test accuracy
+from ``hpo train`` of its export (the only use of the test set), whose re-trained validation
+accuracy must equal the recorded one within 0.5 point.
+
+Targets (median of the seeds): the chain matches the hand arm's best within at most one third of
+the hand arm's epochs; the chain's per-stage best never decreases; every winner re-trains to its
+recorded validation accuracy within 0.005.
+
+CPU-sized defaults (about an hour per seed on 2 cores, most of it the hand arm's 490 trials); on a
+GPU, e.g. ``--train-size 45000 --val-fraction 0.1 --epochs 15 --jobs 4 --threads 0 --device cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import _studies
+from _studies import REPO_ROOT, _command, emit, resolve_dataset, subprocess_env
+
+RETRAIN_TOLERANCE = 0.005
+
+
+def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path) -> float:
+    cmd = _command("hpo-worker", "hpo.worker") + [
+        "--storage", f"sqlite:///{db}", "--artifacts", str(db.parent / f"{arm}-artifacts"),
+        "--dataset", args.dataset, "--train-size", str(args.train_size),
+        "--val-fraction", str(args.val_fraction), "--epochs", str(args.epochs),
+        "--seed", str(seed), "--devices", args.device, "--jobs-per-device", str(args.jobs),
+        "--checkpoint-every", "0", "--quiet", *extra]
+    _studies.log.info("seed %d, arm %s: %s", seed, arm, " ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    with open(log_dir / f"{arm}-{seed}.log", "w") as out:
+        rc = subprocess.call(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                             env=subprocess_env(args.threads))
+    if rc != 0:
+        tail = (log_dir / f"{arm}-{seed}.log").read_text().splitlines()[-15:]
+        raise SystemExit(f"{arm} (seed {seed}) exited {rc}:\n" + "\n".join(tail))
+    return time.perf_counter() - t0
+
+
+def trials_of(db: Path) -> dict[str, list]:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    try:
+        return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+                .get_trials(deepcopy=False) for s in storage.get_all_studies()}
+    finally:
+        storage.engine.dispose()
+
+
+def summary(db: Path, target: float | None) -> dict:
+    from optuna.trial import TrialState
+
+    studies = {name: t for name, t in trials_of(db).items() if t}
+    every = sorted((t for ts in studies.values() for t in ts if t.datetime_complete),
+                   key=lambda t: t.datetime_complete)
+    epochs, until, best, best_study = 0, None, None, None
+    for t in every:
+        epochs += len(t.user_attrs.get("history", []))
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            if target is not None and until is None and t.value >= target:
+                until = epochs
+    per_stage = {}
+    for name, ts in studies.items():
+        done = [t.value for t in ts if t.state == TrialState.COMPLETE]
+        per_stage[name] = max(done) if done else None
+        if done and (best is None or max(done) > best):
+            best, best_study = max(done), name
+    return {"best_val_acc": best, "best_study": best_study, "epochs": epochs,
+            "epochs_to_match_hand": until,
+            "trained": sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in every),
+            "refused_untrained": sum(t.state == TrialState.FAIL for t in every),
+            "per_stage_best": per_stage}
+
+
+def retrain(db: Path, study: str, device: str, threads: int) -> dict:
+    export = db.parent / f"{study}.json"
+    hpo = _command("hpo", "hpo.cli")
+    subprocess.run(hpo + ["export", "--storage", f"sqlite:///{db}", "--study", study,
+                          "-o", str(export)], cwd=REPO_ROOT, check=True, capture_output=True)
+    doc = json.loads(export.read_text())
+    run = subprocess.run(hpo + ["train", str(export), "--device", device, "--quiet"],
+                         cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=subprocess_env(threads))
+    if run.returncode != 0:
+        raise SystemExit(f"hpo train of {study} exited {run.returncode}: {run.stderr[-500:]}")
+    import re
+
+    val = re.search(r"^validation accuracy ([0-9.]+) \(last epoch", run.stdout, re.M)
+    test = re.search(r"test accuracy ([0-9.]+)", run.stdout)
+    return {"recorded_val_acc": doc["value"], "retrain_val_acc": float(val.group(1)),
+            "test_acc": float(test.group(1)), "trial": doc["trial"],
+            "config": {k: doc["config"][k] for k in (
+                "conv_layers", "filters", "kernel_size", "stride", "padding", "pool", "fc_widths",
+                "l1", "weight_decay", "conv_dropout", "fc_dropout", "conv_batchnorm",
+                "fc_batchnorm", "optimizer", "lr", "batch_size", "scheduler", "flip",
+                "crop_padding")}}
+
+
+def one_seed(seed: int, args, tmp: Path) -> dict:
+    from hpo.chain import TRIALS
+
+    records = {}
+    for arm in args.arms:
+        db = tmp / f"{arm}-{seed}.db"
+        if arm == "hand":
+            extra = ["--chain", "--chain-name", "hand", "--sampler", "grid", "--pruner", "none"]
+        elif arm == "chain":
+            extra = ["--chain"]
+        else:
+            extra = ["--study", "joint", "--sampler", "tpe", "--pruner", "hyperband",
+                     "--n-trials", str(sum(TRIALS.values()))]
+        wall = run_arm(arm, db, args, seed, extra, tmp)
+        hand_best = records.get("hand", {}).get("best_val_acc", args.hand_best)
+        record = {"arm": arm, "seed": seed, "wall_s": round(wall, 1),
+                  **summary(db, hand_best if arm != "hand" else None)}
+        if not args.no_retrain and record["best_study"]:
+            record["winner"] = retrain(db, record["best_study"], args.device, args.threads)
+        if arm == "chain":
+            bests = [v for v in record["per_stage_best"].values() if v is not None]
+            order = [record["per_stage_best"][k] for k in sorted(
+                record["per_stage_best"], key=lambda n: n.split(".")[-1]) if "." in k]
+            record["per_stage_best_never_decreases"] = all(
+                b >= a for a, b in zip(order, order[1:])) and len(order) == len(bests)
+        records[arm] = record
+        emit(record)
+    return records
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated (default %(default)s)")
+    p.add_argument("--arms", default="hand,chain,joint", help="default %(default)s (hand first: "
+                   "the others are measured against its best)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per trial (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-retrain", action="store_true")
+    p.add_argument("--hand-best", type=float,
+                   help="the hand arm's best validation accuracy from an earlier run, when "
+                        "--arms leaves it out (for epochs_to_match_hand)")
+    _studies.add_run_flags(p, train_size=4500)
+    args = p.parse_args()
+    args.dataset = resolve_dataset(args.dataset)
+    args.arms = [a.strip() for a in args.arms.split(",")]
+    _studies.setup_logging()
+    tmp = Path(tempfile.mkdtemp(prefix="hpo-search-quality-"))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sizes = {"train_size": args.train_size, "val_images": round(50000 * args.val_fraction),
+             "epochs_per_trial": args.epochs, "jobs": args.jobs, "threads": args.threads}
+    try:
+        results = [one_seed(seed, args, tmp) for seed in seeds]
+    finally:
+        if args.keep:
+            _studies.log.info("kept %s", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    arms = {arm: {"best_val_acc": med([r[arm]["best_val_acc"] for r in results]),
+                  "epochs": med([r[arm]["epochs"] for r in results]),
+                  "wall_s": med([r[arm]["wall_s"] for r in results]),
+                  "test_acc": med([r[arm]["winner"]["test_acc"] for r in results
+                                   if "winner" in r[arm]])}
+            for arm in args.arms}
+    targets = {}
+    if "hand" in args.arms and "chain" in args.arms:
+        ratio = [r["chain"]["epochs_to_match_hand"] / r["hand"]["epochs"]
+                 if r["chain"]["epochs_to_match_hand"] is not None else None for r in results]
+        matched = [x for x in ratio if x is not None]
+        arms["chain"]["epochs_to_match_hand_over_hand_epochs"] = ratio
+        targets["chain matches hand within 1/3 of hand's epochs (median of seeds)"] = (
+            len(matched) * 2 > len(ratio) and statistics.median(
+                [x if x is not None else float("inf") for x in ratio]) <= 1 / 3)
+        targets["chain's per-stage best never decreases"] = all(
+            r["chain"]["per_stage_best_never_decreases"] for r in results)
+    if not args.no_retrain:
+        targets["every winner re-trains within 0.005"] = all(
+            abs(rec["winner"]["retrain_val_acc"] - rec["winner"]["recorded_val_acc"])
+            <= RETRAIN_TOLERANCE for r in results for rec in r.values() if "winner" in rec)
+    emit({"summary": "search_quality", "seeds": seeds, **sizes, "median": arms,
+          "targets": targets, "pass": all(targets.values())})
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
