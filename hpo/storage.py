@@ -402,16 +402,30 @@ def _check_sqlite_file(url: str, path: Path, writing: bool) -> None:
     if writing and path.exists() and not os.access(path, os.W_OK):
         raise HpoFailure(f"storage {url!r}: {str(path)!r} is read-only; workers must write to it "
                          "(fix its permissions, or copy it and open the copy)")
+    # The engine's busy timeout: another worker creating the tables holds the file for seconds.
+    busy_timeout = engine_kwargs(parse_url(url))["connect_args"]["timeout"]
     try:
         if not writing:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                    timeout=busy_timeout)) as conn:
                 conn.execute("SELECT name FROM sqlite_master").fetchall()
             return
-        with sqlite3.connect(path) as conn:  # WAL persists in the file: readers never block
-            conn.execute("PRAGMA journal_mode=WAL")
+        # WAL persists in the file (readers never block); switching needs the file to itself.
+        with contextlib.closing(sqlite3.connect(path, timeout=busy_timeout)) as conn:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise HpoFailure(f"storage {url!r}: {str(path)!r} stayed locked by another process for "
+                             f"{busy_timeout}s ({e}); stop whatever holds it, then retry") from None
+        raise _not_sqlite(url, path, e) from None
     except sqlite3.Error as e:
-        raise HpoFailure(f"storage {url!r}: {str(path)!r} is not an SQLite database ({e}); pass "
-                         "another file, or move this one away") from None
+        raise _not_sqlite(url, path, e) from None
+
+
+def _not_sqlite(url: str, path: Path, e: Exception) -> HpoFailure:
+    return HpoFailure(f"storage {url!r}: {str(path)!r} is not an SQLite database ({e}); pass "
+                      "another file, or move this one away")
 
 
 def artifact_dir(flag: str | None, storage_url: str) -> Path:

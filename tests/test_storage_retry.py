@@ -172,3 +172,22 @@ def test_giving_up_is_not_logged_as_the_database_coming_back(throwaway_pg, caplo
     messages = [r.getMessage() for r in caplog.records if r.name == "hpo.storage"]
     assert any("unreachable" in m for m in messages), messages
     assert not any("reachable again" in m for m in messages), messages
+
+
+def test_sqlite_file_locked_by_another_writer_is_waited_for_not_called_foreign(tmp_path):
+    # Two workers starting together on a fresh file: one creates the tables while the other
+    # switches the file to WAL. SQLite's "database is locked" is contention, not a foreign file.
+    path = tmp_path / "hpo.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE other_writer (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    opened = ThreadPoolExecutor(1).submit(open_storage, f"sqlite:///{path}")
+    # Held past sqlite3's default 5 s busy timeout (table creation on a loaded machine took that
+    # long), unless the opener has given up already; then the opener must finish on its own.
+    deadline = time.monotonic() + 6.0
+    while time.monotonic() < deadline and not opened.done():
+        time.sleep(0.05)
+    holder.execute("COMMIT")
+    holder.close()
+    storage = opened.result(timeout=60)
+    assert storage.get_all_studies() == []
