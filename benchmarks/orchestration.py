@@ -123,7 +123,7 @@ def _ablate(variant: str) -> None:
     from optuna.trial import TrialState
 
     if "noreads" in ABLATIONS[variant]:
-        hpo.budget.stored_budget = lambda study: 10 ** 9
+        hpo.budget.stored_budget = lambda storage, study_name: 10 ** 9
         hpo.loop.count_trials = lambda storage, study_id: hpo.budget.Tally(
             dict.fromkeys(TrialState, 0), None)
     if "nobeat" in ABLATIONS[variant]:

@@ -250,7 +250,7 @@ def _worker(slot: int, url: str, sampler, pruner, cfg: dict, barrier, queue, log
         reaper = Reaper(storage)
         reaper.reap = _tagged("reap", reaper.reap)  # the loop's and the reaper thread's checks
         reaper.reap(study, force=True)  # pick up what dead workers left behind
-        budget = lambda: stored_budget(study)  # noqa: E731
+        budget = lambda: stored_budget(storage, STUDY)  # noqa: E731
         if tally(study).left(budget()) <= 0:
             raise RuntimeError("the study's budget is spent")
         progress = Progress(study, budget(), cfg["epochs"])

@@ -50,6 +50,8 @@ def gives_way(study: optuna.Study, number: int, budget: int) -> bool:
     return started_before >= budget
 
 
-def stored_budget(study: optuna.Study) -> int:
+def stored_budget(storage, study_name: str) -> int:
     """The budget as stored now (``hpo create-study --update`` may have raised it)."""
-    return int(study.user_attrs["settings"]["n_trials"])
+    from hpo import study_records
+
+    return int(study_records.read_one(storage, study_name, "settings")["n_trials"])

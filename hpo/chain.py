@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 
+from hpo import study_records
 from hpo.errors import HpoError
 from search_spaces import Stage, all_stages, get_stage
 
@@ -104,9 +105,11 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any]) -
         record.set_user_attr("description", f"chain {' -> '.join(wanted['stages'])}: "
                                             "its settings; the stages are the studies "
                                             f"{name}.<stage>")
-        record.set_user_attr("chain", wanted)
+        study_records.write(storage, name, "chain", wanted)
+        # A short marker for `optuna studies`, last: joiners wait for the record above.
+        record.set_user_attr("chain", f"{wanted['stages'][0]}..{wanted['stages'][-1]}")
         return wanted
-    stored = _wait_for_record(record)
+    stored = _wait_for_record(storage, record)
     for key, value in wanted.items():
         given = flags.get(key) if key in SHARED else value
         if key in SHARED and given is None:
@@ -119,11 +122,11 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any]) -
     return stored
 
 
-def _wait_for_record(record: optuna.Study) -> dict[str, Any]:
+def _wait_for_record(storage, record: optuna.Study) -> dict[str, Any]:
     start = time.monotonic()
     while True:
-        attrs = record.user_attrs
-        if attrs.get("chain") is not None:
+        attrs = study_records.read(storage, record.study_name)
+        if isinstance(attrs.get("chain"), dict):
             return attrs["chain"]
         if "stage" in attrs or time.monotonic() - start > SETUP_WAIT:
             raise HpoError(f"study {record.study_name!r} exists and is not a chain; choose "

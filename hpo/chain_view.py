@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo import study_records
 from hpo.chain import stage_budget
 from search_spaces import get_stage
 
@@ -54,7 +55,7 @@ def is_chain_record(summary) -> bool:
 
 def chain_views(storage) -> list[ChainView]:
     summaries = {s.study_name: s for s in storage.get_all_studies()}
-    return [_view(storage, name, s.user_attrs["chain"], summaries)
+    return [_view(storage, name, study_records.of(s)["chain"], summaries)
             for name, s in sorted(summaries.items()) if is_chain_record(s)]
 
 
@@ -80,7 +81,7 @@ def _view(storage, name: str, settings: dict[str, Any], summaries) -> ChainView:
             continue
         trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(
             deepcopy=False)
-        budget = summary.user_attrs["settings"]["n_trials"]
+        budget = study_records.of(summary)["settings"]["n_trials"]
         trained = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
         used = sum(t.state in USED for t in trials)

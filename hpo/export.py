@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo import study_records
 from hpo.errors import HpoError
 
 FORMAT = "hpo-export/1"
@@ -43,17 +44,19 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get("seconds", 0.0)))
 
 
-def trial_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    settings = study.user_attrs.get("settings", {})
+def trial_document(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                   records: dict[str, Any]) -> dict[str, Any]:
+    """``records``: the study's, from ``hpo.study_records.read``."""
+    settings = records.get("settings", {})
     return {
         "format": FORMAT,
         "study": study.study_name,
-        "stage": study.user_attrs.get("stage"),
+        "stage": records.get("stage"),
         "trial": trial.number,
         "state": trial.state.name,
         "value": trial.values[0] if trial.values else None,
         "values": trial.values,
-        "objectives": study.user_attrs.get("objectives", "accuracy"),
+        "objectives": records.get("objectives", "accuracy"),
         "params": trial.params,
         "config": trial.user_attrs["config"],
         "history": trial.user_attrs.get("history", []),
@@ -67,7 +70,7 @@ def trial_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict
         "split_seed": settings.get("split_seed", 0),
         "bf16": settings.get("bf16", False),
         "matmul_precision": settings.get("matmul_precision", "highest"),
-        "frozen_from": study.user_attrs.get("frozen_from"),
+        "frozen_from": records.get("frozen_from"),
         "versions": versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -77,6 +80,7 @@ def export(storage, study_name: str, top: int = 1, trial_number: int | None = No
            ) -> dict[str, Any]:
     """The best trial's document; with top > 1 a list under "trials"; or one chosen trial."""
     study = load_existing_study(storage, study_name)
+    records = study_records.read(storage, study_name)
     if trial_number is not None:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
         if not trials:
@@ -85,16 +89,16 @@ def export(storage, study_name: str, top: int = 1, trial_number: int | None = No
         if "config" not in trials[0].user_attrs:
             raise HpoError(f"trial {trial_number} of {study_name!r} never built a config "
                            f"({trials[0].state.name}); pick a complete trial")
-        return trial_document(study, trials[0])
+        return trial_document(study, trials[0], records)
     if top < 1:
         raise HpoError(f"--top {top} is invalid; allowed: 1 or more")
     ranked = ranked_trials(study)
     if not ranked:
         raise HpoError(f"study {study_name!r} has no complete trial to export yet")
     if top == 1:
-        return trial_document(study, ranked[0])
+        return trial_document(study, ranked[0], records)
     return {"format": FORMAT, "study": study_name,
-            "trials": [trial_document(study, t) for t in ranked[:top]]}
+            "trials": [trial_document(study, t, records) for t in ranked[:top]]}
 
 
 def select_document(doc: Any, source: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from hpo.config import config_from_document, load_json
+from hpo import study_records
 from hpo.errors import HpoError
 from hpo.notes import write_stage_note
 from hpo.objectives import parse_objectives
@@ -272,7 +273,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another worker created it a moment ago: join it below
         else:
-            _set_up(study, stage, settings, frozen, origin, after, points)
+            _set_up(storage, study, stage, settings, frozen, origin, after, points)
             return study, stage, settings, frozen
     study = optuna.load_study(study_name=study_name, storage=storage)
     stored = _wait_for_setup(study)
@@ -282,22 +283,23 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
                                                  freeze_best_so_far)
         settings, points = new_settings(stage, flags, frozen, default_n_trials)
-        _set_up(study, stage, settings, frozen, origin, after, points)
+        _set_up(storage, study, stage, settings, frozen, origin, after, points)
         return study, stage, settings, frozen
-    settings = joined_settings(study_name, stored["settings"], flags)
+    records = study_records.read(storage, study_name)
+    settings = joined_settings(study_name, records["settings"], flags)
     if from_file or (after and after != (stored.get("frozen_from") or {}).get("study")):
         log.warning("study %r already has its frozen base (from %s); --from/--after ignored",
                     study_name, stored.get("frozen_from"))
-    return study, stage, settings, stored["frozen_config"]
+    return study, stage, settings, records["frozen_config"]
 
 
-def _set_up(study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
+def _set_up(storage, study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
             origin: dict[str, Any], after: str | None,
             points: list[dict[str, Any]] | None = None) -> None:
     study.set_user_attr("setting_up", True)  # joiners: wait for "stage" rather than adopt it
-    study.set_user_attr("frozen_config", frozen)
+    study_records.write(storage, study.study_name, "frozen_config", frozen)
+    study_records.write(storage, study.study_name, "settings", dataclasses.asdict(settings))
     study.set_user_attr("frozen_from", origin)
-    study.set_user_attr("settings", dataclasses.asdict(settings))
     study.set_user_attr("builds_on", after or stage.builds_on)
     study.set_user_attr("description", stage.description)
     study.set_user_attr("objectives", settings.objectives)
@@ -338,13 +340,12 @@ def _enqueue_start(study: optuna.Study, stage: Stage, settings: Settings, frozen
 
 def update_budget(storage, study_name: str, n_trials: int) -> tuple[int, int]:
     """Set an existing study's budget (running workers pick it up); (old, new)."""
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    settings = dict(study.user_attrs.get("settings") or {})
+    settings = dict(study_records.read_one(storage, study_name, "settings") or {})
     if not settings:
         raise HpoError(f"study {study_name!r} was not created by hpo; it has no budget to update")
     old = settings["n_trials"]
     settings["n_trials"] = n_trials
-    study.set_user_attr("settings", settings)
+    study_records.write(storage, study_name, "settings", settings)
     return old, n_trials
 
 

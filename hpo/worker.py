@@ -164,7 +164,7 @@ class _Session:
                                   pruner=make_pruner(settings))
         reaper = Reaper(storage)
         reaper.reap(study, force=True)  # pick up what dead workers left behind
-        budget = lambda: stored_budget(study)  # noqa: E731 (re-read: --update may raise it)
+        budget = lambda: stored_budget(storage, study_name)  # noqa: E731 (--update may raise it)
         counts = tally(study)
         if counts.left(budget()) <= 0 and counts.counts[optuna.trial.TrialState.RUNNING] == 0:
             if args.chain is None:

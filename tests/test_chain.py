@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import study_records
 from hpo.geometry import is_possible
 from tests.conftest import BIN, REPO, run_cli
 from tests.workers import trials, wait_for
@@ -50,12 +51,13 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
                     log_path=tmp_path / "log")
     assert worker.wait(timeout=600) == 0, (tmp_path / "log").read_text()[-3000:]
     studies = _studies(url)
-    assert studies["tiny"].user_attrs["chain"]["stages"] == list(STAGES)
+    storage = optuna.storages.RDBStorage(url)
+    assert study_records.read(storage, "tiny")["chain"]["stages"] == list(STAGES)
     previous = None
     for stage in STAGES:
         study = studies[f"tiny.{stage}"]
         trained = [t for t in study.trials if t.state in FINISHED]
-        budget = study.user_attrs["settings"]["n_trials"]
+        budget = study_records.read(storage, study.study_name)["settings"]["n_trials"]
         assert len(trained) == budget, (stage, [(t.state, t.params) for t in study.trials])
         assert not [t for t in study.trials if t.state in (TrialState.RUNNING,
                                                              TrialState.WAITING)]
@@ -79,7 +81,7 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
             assert _best(study).value >= best.value
         previous = study
     # stage6 (batch norm on/off for conv and FC: 4 points, no more than its budget) is exhaustive.
-    assert studies["tiny.stage6_batchnorm"].user_attrs["settings"]["exhaustive"] is True
+    assert study_records.read(storage, "tiny.stage6_batchnorm")["settings"]["exhaustive"] is True
     assert len({repr(t.params) for t in studies["tiny.stage6_batchnorm"].trials}) == 4
 
     # Visible: hpo status and hpo report show each stage's best and what it froze from where,
@@ -92,10 +94,18 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
     report = run_cli("hpo", "report", "--storage", url, "-o", str(tmp_path / "rep"), check=True)
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Chain tiny" in html and "tiny.stage8_schedule" in html, report.stdout
-    storage = optuna.storages.RDBStorage(url)
     attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("tiny"))
     note = "".join(v for k, v in sorted(attrs.items()) if k.startswith("dashboard:note_str"))
     assert "Finished" in note and "`tiny.stage4_conv`" in note
+
+    # `optuna studies` stays readable: settings and frozen configs are not in its table.
+    listing = subprocess.run([str(BIN / "optuna"), "studies", "--storage", url],
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "tiny.stage8_schedule" in listing.stdout and "stage8_schedule" in listing.stdout
+    for hidden in ("frozen_config", "train_size", "val_fraction", "matmul_precision"):
+        assert hidden not in listing.stdout, hidden
+    assert max(map(len, listing.stdout.splitlines())) < 400, listing.stdout
 
     # A second run of the same command finds every stage finished and trains nothing.
     again = run_cli("hpo-worker", "--storage", url, "--artifacts", str(tmp_path / "art"),

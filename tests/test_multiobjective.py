@@ -12,6 +12,7 @@ import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from hpo import study_records
 from tests.conftest import BIN, REPO, run_cli
 from tests.workers import worker_env
 
@@ -39,7 +40,7 @@ def test_worker_multiobjective_study_pareto_export_report_status(objectives, tmp
     study = optuna.load_study(study_name=study_name, storage=storage)
     assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
     assert study.user_attrs["objectives"] == objectives
-    assert study.user_attrs["settings"]["objectives"] == objectives
+    assert study_records.read(optuna.storages.RDBStorage(storage), study_name)["settings"]["objectives"] == objectives
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 3, [(t.number, t.state, t.user_attrs.get("end_reason"))
                                 for t in study.trials]

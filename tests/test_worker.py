@@ -13,6 +13,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from hpo import study_records
 from hpo.storage import open_storage
 from hpo.study import open_study
 from search_spaces import DEFAULTS
@@ -108,7 +109,7 @@ def test_worker_freezes_best_trial_of_predecessor(sqlite_url):
     study = _load(sqlite_url, "stage2_fc")
     origin = study.user_attrs["frozen_from"]
     assert (origin["study"], origin["trial"], origin["value"]) == ("stage1_layers", best, 0.52)
-    assert study.user_attrs["frozen_config"]["lr"] == 0.0123
+    assert study_records.read(optuna.storages.RDBStorage(sqlite_url), "stage2_fc")["frozen_config"]["lr"] == 0.0123
     assert len(study.trials) == 2
     for t in study.trials:
         config = t.user_attrs["config"]

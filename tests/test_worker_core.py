@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import study_records
 from hpo.budget import stored_budget, tally
 from hpo.errors import HpoError
 from hpo.heartbeat import Heartbeat
@@ -48,7 +49,7 @@ class ScriptedRunner:
 
 def _loop(storage, study, runner, stop=None):
     heartbeat = Heartbeat(storage)
-    return WorkerLoop(study, storage, runner, lambda: stored_budget(study), Reaper(storage),
+    return WorkerLoop(study, storage, runner, lambda: stored_budget(storage, study.study_name), Reaper(storage),
                       heartbeat, stop or threading.Event(), wait_interval=0.2)
 
 
@@ -61,7 +62,7 @@ def _open(url, n_trials=None, **flags):
 def test_budget_is_stored_and_a_worker_with_another_budget_is_refused(sqlite_url, tiny_stages):
     # Defect 8: --n-trials was per worker and never stored; two workers ran two budgets.
     storage, study, settings = _open(sqlite_url, n_trials=2)
-    assert settings.n_trials == 2 and stored_budget(study) == 2
+    assert settings.n_trials == 2 and stored_budget(storage, "s") == 2
     with pytest.raises(HpoError) as refused:
         _open(sqlite_url, n_trials=5)
     message = str(refused.value)
@@ -132,7 +133,7 @@ def test_joiner_waits_for_the_set_up_marker_then_checks_its_flags(sqlite_url, ti
     storage = open_storage(sqlite_url)
     study = optuna.create_study(study_name="s", storage=storage)
     study.set_user_attr("setting_up", True)
-    study.set_user_attr("frozen_config", {"conv_layers": 1})  # the creator is mid-way
+    study_records.write(storage, "s", "frozen_config", {"conv_layers": 1})  # creator mid-way
     reads = []
     real_get = storage.get_study_user_attrs
 
@@ -177,7 +178,7 @@ def test_precision_is_a_study_setting_and_exported(sqlite_url, tiny_stages):
     trial = study.ask()
     trial.set_user_attr("config", {"conv_layers": 1})
     study.tell(trial, 0.5)
-    doc = trial_document(study, study.get_trials()[0])
+    doc = trial_document(study, study.get_trials()[0], study_records.read(storage, "s"))
     assert (doc["bf16"], doc["matmul_precision"]) == (True, "high")
 
 
