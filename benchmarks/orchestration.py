@@ -152,7 +152,7 @@ def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifact
             counts.clear()
             counts["cpu_us"] = -int(time.process_time() * 1e6)
 
-        def run(self, trial):
+        def run(self, trial, queued=True):
             # Endings as values, as the real runner returns them to the loop
             try:
                 return Outcome(Ending.COMPLETE, "completed", [trivial_trial(trial, self.on_epoch)])
@@ -160,7 +160,7 @@ def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifact
                 return Outcome(Ending.PRUNED, str(e))
 
     hpo.runner.TrialRunner = TrivialRunner  # run_worker imports it from hpo.runner when called
-    hpo.data.load = lambda *args, **kwargs: None
+    hpo.data.load = lambda *args, **kwargs: types.SimpleNamespace(image_size=32)  # CIFAR-sized
     _ablate(variant)
     setup_logging(quiet=True)
     _quiet()

@@ -123,7 +123,7 @@ class StandInRunner:
         self.epoch_seconds = trial_seconds / epochs
         self.on_epoch, self.sleeps = on_epoch, sleeps
 
-    def run(self, trial):
+    def run(self, trial, queued=True):
         import math
         import types
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -15,8 +16,11 @@ log = logging.getLogger(__name__)
 
 
 class ArtifactPublisher:
-    def __init__(self, artifact_store):
+    def __init__(self, artifact_store, best_value: Callable[[], float | None] | None = None):
+        """``best_value``: the study's best first objective among complete trials, by a query
+        cheaper than reading the trials (hpo.counts); by default the trials are read."""
         self.store = artifact_store
+        self.best_value = best_value
 
     def curve_and_config(self, trial: optuna.Trial, history: list[dict], config: dict) -> None:
         from hpo.curve_png import learning_curve_png
@@ -38,9 +42,13 @@ class ArtifactPublisher:
         """The best trial so far (by its first objective) also gets its trained weights."""
         import torch
 
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        best = [t.values[0] for t in done if t.values]
-        if best and value <= max(best):
+        if self.best_value is not None:
+            best = self.best_value()
+        else:
+            done = trial.study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.COMPLETE,))
+            best = max((t.values[0] for t in done if t.values), default=None)
+        if best is not None and value <= best:
             return
         try:
             with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ from hpo.heartbeat import Heartbeat
 from hpo.reaper import Reaper
 from hpo.outcome import Ending, Outcome
 from hpo.storage import RetryingStorage
+from hpo.tell import Told, tell
 
 if TYPE_CHECKING:  # the runner imports torch; the loop itself does not need it
     from hpo.runner import TrialRunner
@@ -43,13 +44,13 @@ class WorkerLoop:
     def __init__(self, study: optuna.Study, storage: RetryingStorage, runner: TrialRunner,
                  budget: Callable[[], int], reaper: Reaper, heartbeat: Heartbeat,
                  stop: threading.Event, wait_interval: float, deadline: float | None = None,
-                 on_trial_done: Callable[[optuna.trial.FrozenTrial, Tally], None] | None = None,
+                 on_trial_done: Callable[[Told, Tally], None] | None = None,
                  fallback_sampler: optuna.samplers.BaseSampler | None = None):
         self.study, self.storage, self.runner, self.budget = study, storage, runner, budget
         self.reaper, self.heartbeat, self.stop = reaper, heartbeat, stop
         self.wait_interval, self.deadline, self.on_trial_done = wait_interval, deadline, on_trial_done
         self._claimed: tuple[int, bool] | None = None  # (trial id, freshly created) of the last ask
-        self._done: optuna.trial.FrozenTrial | None = None  # told, not yet shown
+        self._done: Told | None = None  # told, not yet shown
         self._rejected_in_a_row = 0
         self.fallback_sampler = fallback_sampler or optuna.samplers.RandomSampler()
         study_id = storage.get_study_id_from_name(study.study_name)
@@ -123,15 +124,16 @@ class WorkerLoop:
             # own heartbeat (hpo.heartbeat), started by the storage when the trial is claimed.
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.study.ask()
+        known = self._claimed is not None
         trial_id, fresh = self._claimed or (None, True)
         try:
             if fresh and gives_way(self.study, trial.number, budget):
                 trial.set_user_attr("end_reason", f"over budget: {budget} trials already started")
-                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                tell(self.study, trial, None, TrialState.FAIL)
                 log.info("trial %d gave way: the budget of %d was filled in a race", trial.number,
                          budget)
                 return False
-            outcome = self.runner.run(trial)
+            outcome = self.runner.run(trial, queued=not (known and fresh))
             self._tell(trial, trial_id, outcome)
             if outcome.ending is Ending.REJECTED:
                 self._rejected_in_a_row += 1
@@ -149,7 +151,7 @@ class WorkerLoop:
             # so no other worker can take this trial's slot, and nothing is lost if we die here.
             original = self.storage.get_trial(trial_id)
             RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(self.study, original)
-            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            tell(self.study, trial, None, TrialState.FAIL)
             log.warning("%s; queued again as a waiting trial", outcome.reason)
             return
         if outcome.ending is Ending.REAPED:
@@ -157,15 +159,14 @@ class WorkerLoop:
                         outcome.reason)
             return
         state = _TOLD[outcome.ending]
+        told = tell(self.study, trial, outcome.values if state == TrialState.COMPLETE else None,
+                    state, outcome.reason)
         if outcome.ending is Ending.REJECTED:
-            self.study.tell(trial, state=state, skip_if_finished=True)
             return
-        frozen = self.study.tell(trial, outcome.values if state == TrialState.COMPLETE else None,
-                                 state=state, skip_if_finished=True)
-        if frozen.state != state:
+        if told.state != state:
             log.warning("trial %d was failed by a stale-trial check before it ended (heartbeat "
                         "late); its retry re-runs it; continuing", trial.number)
-        self._done = frozen
+        self._done = told
 
 
 def told_state(ending: Ending) -> TrialState:

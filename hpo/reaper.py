@@ -2,7 +2,7 @@
 
 A trial is stale when its heartbeat is older than the grace period, or when it has been RUNNING
 without any heartbeat for longer than that (its worker died between creating the trial and its
-first heartbeat, which a live worker records in the same storage call that starts the trial).
+first heartbeat, which a live worker records within a quarter of the grace period).
 No trial is judged while this process waits for the database, nor for a grace period (plus the
 longest backoff) after: other workers' heartbeats were held up too.
 

@@ -19,6 +19,7 @@ import torch
 from hpo.artifacts import ArtifactPublisher
 from hpo.checkpoints import CheckpointStore
 from hpo.config import Config, from_dict
+from hpo.epoch_reports import EpochReports
 from hpo.data import DeviceData
 from hpo.errors import HpoError
 from hpo.model import feature_map_sizes
@@ -81,18 +82,24 @@ def _already_trained(trial: optuna.Trial, config: dict[str, Any]
 class TrialRunner:
     def __init__(self, spec: TrialSpec, data: DeviceData, checkpoints: CheckpointStore,
                  publisher: ArtifactPublisher, stop: threading.Event,
-                 on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None):
+                 on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
+                 overlap_reports: bool | None = None):
+        """``overlap_reports``: report epochs while the next one trains (hpo.epoch_reports);
+        None: when the device is not the CPU."""
         self.spec, self.data, self.checkpoints, self.publisher = spec, data, checkpoints, publisher
-        self.stop, self.on_epoch = stop, on_epoch
+        self.stop, self.on_epoch, self.overlap_reports = stop, on_epoch, overlap_reports
         self._side, self._pending = None, []  # one writer thread for bookkeeping off the path
+        self._reporter = None  # one thread for each epoch's report and pruning check
 
-    def run(self, trial: optuna.Trial) -> Outcome:
+    def run(self, trial: optuna.Trial, queued: bool = True) -> Outcome:
+        """``queued``: the trial was taken from the queue (a retry, a warm start), so it may
+        carry user attributes; a trial the sampler just created has none to read."""
         try:
-            return self._run(trial)
+            return self._run(trial, queued)
         except optuna.exceptions.UpdateFinishedTrialError:
             return Outcome(Ending.REAPED, "failed by a stale-trial check (heartbeat late)")
 
-    def _run(self, trial: optuna.Trial) -> Outcome:
+    def _run(self, trial: optuna.Trial, queued: bool) -> Outcome:
         # Bookkeeping the trial does not wait for, written on the side while it trains. CPU
         # results depend on the thread count (reduction order): hpo train reuses it.
         where = {"device": str(self.data.device), "host": socket.gethostname(),
@@ -109,21 +116,28 @@ class TrialRunner:
             self._side_written()
             return self._rejected(trial, f"the configuration of trial {same.number} "
                                          f"({same.state.name.lower()}), not trained again")
-        trial.set_user_attr("config", config_dict)
+        self._on_the_side(lambda: trial.set_user_attr("config", config_dict))
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
-        pointer = trial.user_attrs.get("checkpoint")
+        inherited = trial.user_attrs if queued else {}
+        pointer = inherited.get("checkpoint")
         checkpoint_id = pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
         resume = self._resume(trial, pointer, config_dict)
         history = [EpochMetrics(**h) for h in (resume or {}).get("history", [])]
 
         # The warm start (the configuration the stage inherited) always runs to the end.
-        prunable = self.spec.prunable and "warm_start" not in trial.user_attrs
+        prunable = self.spec.prunable and "warm_start" not in inherited
+
+        overlap = self.data.device.type != "cpu" if self.overlap_reports is None \
+            else self.overlap_reports
+        reports = EpochReports(trial, self._executor("_reporter", "hpo-reports") if overlap
+                               else None,
+                               report=self.spec.prunable, prunable=prunable,
+                               last_epoch=config.epochs)
 
         def on_epoch(m: EpochMetrics, snapshot: Callable[[], dict[str, Any]]) -> None:
-            if self.spec.prunable:  # a step the failed attempt already reported is ignored
-                trial.report(m.val_acc, m.epoch)
             history.append(m)
+            reports.epoch_done(m)
             every = self.spec.checkpoint_every
             if every and m.epoch % every == 0 and m.epoch < config.epochs:
                 pointer = {"artifact_id": checkpoint_id, "epoch": m.epoch}
@@ -132,77 +146,95 @@ class TrialRunner:
                     then=lambda: self._point_to(trial, pointer))
             if self.on_epoch is not None:
                 self.on_epoch(trial, m)
-            # Pruning after the last epoch would save nothing and lose a complete result.
-            if prunable and m.epoch < config.epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"validation accuracy {m.val_acc:.4f} after epoch "
-                                         f"{m.epoch} is below the pruner's threshold")
 
         try:
             try:
-                result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop)
+                result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop,
+                             between_batches=reports.raise_if_pruned)
+                reports.settle()  # a prune decided during the last epoch still applies
             finally:
                 self.checkpoints.wait()  # every pointer names a complete checkpoint from here
-                self._side_written()
         except optuna.TrialPruned as e:
-            self._record(trial, history, config_dict)
-            return self._pruned(trial, str(e), checkpoint_id)
+            reports.settle(raising=False)
+            pruned_at = reports.pruned_at.epoch if reports.pruned_at else len(history)
+            kept = [m for m in history if m.epoch <= pruned_at]  # not the abandoned epoch
+            self._record(trial, kept, config_dict, end_reason=str(e))
+            self.checkpoints.remove(checkpoint_id)
+            self._side_written()
+            return Outcome(Ending.PRUNED, str(e))
         except Interrupted:
+            reports.settle(raising=False)
+            self._side_written()
             return Outcome(Ending.STOPPED, f"trial {trial.number} interrupted by a stop signal")
         except torch.OutOfMemoryError:
             if self.data.device.type == "cuda":
                 torch.cuda.empty_cache()
             reason = f"out of memory on {self.data.device}"
+            reports.settle(raising=False)
+            self._side_written()
             trial.set_user_attr("end_reason", reason)
             self.checkpoints.remove(checkpoint_id)
             return Outcome(Ending.FAILED, reason)
-        self._record(trial, result.history, config_dict, seconds=result.seconds)
-        trial.set_user_attr("params", result.params)
-        if result.status == "diverged":
-            return self._pruned(trial, f"diverged: {result.reason}", checkpoint_id)
-        trial.set_user_attr("end_reason", result.reason or result.status)
+        except BaseException:
+            reports.settle(raising=False)
+            self._side_written(raising=False)  # none lands after the trial is failed
+            raise
+        diverged = result.status == "diverged"
+        reason = f"diverged: {result.reason}" if diverged else result.reason or result.status
+        # The end-of-trial writes go on the side, alongside what happens here; all land
+        # before the trial is told.
+        self._record(trial, result.history, config_dict, seconds=result.seconds,
+                     end_reason=reason, params=result.params)
         self.checkpoints.remove(checkpoint_id)
+        if diverged:
+            self._side_written()
+            return Outcome(Ending.PRUNED, reason)
         # The value is the last epoch's: the weights published here, and what hpo train re-creates.
         values = self.spec.objectives.values(result.final_val_acc, result.seconds, result.params)
         self.publisher.model_if_best(trial, values[0], result.model, config_dict)
-        return Outcome(Ending.COMPLETE, result.reason or result.status, values)
+        self._side_written()
+        return Outcome(Ending.COMPLETE, reason, values)
 
-    def _on_the_side(self, write: Callable[[], object]) -> None:
+    def _executor(self, name: str, thread_name: str):
+        """One thread per kind, kept across trials. With the trial's own thread, the heartbeat
+        and the reaper, a worker uses at most five database connections (hpo.storage's pool)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        if self._side is None:
-            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-attrs")
-        self._pending.append(self._side.submit(write))
+        if getattr(self, name) is None:
+            setattr(self, name, ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name))
+        return getattr(self, name)
 
-    def _side_written(self) -> None:
+    def _on_the_side(self, write: Callable[[], object]) -> None:
+        self._pending.append(self._executor("_side", "hpo-attrs").submit(write))
+
+    def _side_written(self, raising: bool = True) -> None:
         """Wait for the side writes (before the trial is told, or queued again)."""
         pending, self._pending = self._pending, []
         for future in pending:
-            future.result()  # a storage error surfaces here, on the trial's own path
+            if raising:
+                future.result()  # a storage error surfaces here, on the trial's own path
+            else:
+                future.exception()
 
     @staticmethod
     def _rejected(trial: optuna.Trial, reason: str) -> Outcome:
         trial.set_user_attr("end_reason", reason)
         return Outcome(Ending.REJECTED, reason)
 
-    def _pruned(self, trial: optuna.Trial, reason: str, checkpoint_id: str | None = None
-                ) -> Outcome:
-        trial.set_user_attr("end_reason", reason)
-        if checkpoint_id is not None:
-            self.checkpoints.remove(checkpoint_id)
-        return Outcome(Ending.PRUNED, reason)
-
     def _record(self, trial: optuna.Trial, history: list[EpochMetrics], config: dict[str, Any],
-                seconds: float | None = None) -> None:
-        """History, train-val gap and training seconds (``seconds`` also counts a diverged epoch,
-        which has no history row), then the learning curve and config as artifacts."""
+                seconds: float | None = None, **attrs: Any) -> None:
+        """On the side: history, train-val gap, training seconds (``seconds`` also counts a
+        diverged epoch, which has no history row) and ``attrs``; alongside, the learning curve
+        and config as artifacts."""
         rows = [dataclasses.asdict(h) for h in history]
-        trial.set_user_attr("history", rows)
+        attrs["history"] = rows
         if history:
-            trial.set_user_attr("gap", history[-1].train_acc - history[-1].val_acc)
+            attrs["gap"] = history[-1].train_acc - history[-1].val_acc
         seconds = sum(h.seconds for h in history) if seconds is None else seconds
         if seconds:
-            trial.set_user_attr("seconds", seconds)
-        self.publisher.curve_and_config(trial, rows, config)
+            attrs["seconds"] = seconds
+        self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
+        self._on_the_side(lambda: self.publisher.curve_and_config(trial, rows, config))
 
     @staticmethod
     def _point_to(trial: optuna.Trial, pointer: dict[str, Any]) -> None:

@@ -279,8 +279,6 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         return changed
 
     def _claimed(self, trial_id: int, fresh: bool) -> None:
-        if self.get_heartbeat_interval():
-            self.record_heartbeat(trial_id)
         if self.on_claim is not None:
             self.on_claim(trial_id, fresh)
 

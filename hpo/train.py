@@ -203,14 +203,16 @@ def evaluate(model: nn.Module, data: DeviceData, split: Split, bf16: bool = Fals
 
 def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
         resume: dict[str, Any] | None = None, bf16: bool = False,
-        stop: threading.Event | None = None) -> FitResult:
+        stop: threading.Event | None = None,
+        between_batches: Callable[[], None] | None = None) -> FitResult:
     """Train config on data.train, validating on data.val after every epoch.
 
     Same seed and data on the CPU give the same metrics. A NaN/inf loss ends the run with status
     "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``, with its
     tensors on the CPU (hpo.checkpoints.CheckpointStore.load reads it back so); restore() moves
-    it to the device. Setting ``stop`` raises Interrupted at the next batch. Backend settings
-    (configure_backend) are the caller's.
+    it to the device. Setting ``stop`` raises Interrupted at the next batch; ``between_batches``
+    runs before every batch and may raise to end the run. Backend settings (configure_backend)
+    are the caller's.
     """
     device = data.device
     torch.manual_seed(config.seed)
@@ -245,6 +247,8 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
                                        config.crop_padding):
             if stop is not None and stop.is_set():
                 raise Interrupted()
+            if between_batches is not None:
+                between_batches()
             if len(y) < 2 and seen:  # a lone last sample would break batch norm; skip it
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -4,6 +4,7 @@ is spent. With several devices or jobs per device it supervises one child proces
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -85,6 +86,11 @@ def _warm_up() -> None:
     torch._dynamo on first use (about 3 s)."""
     import torch._dynamo  # noqa: F401
 
+    # Everything loaded so far lives as long as the process: exempt it from the garbage
+    # collector's full passes, which otherwise walk torch's millions of objects between trials.
+    gc.collect()
+    gc.freeze()
+
 
 def stop_on_signals() -> threading.Event:
     """Set on SIGTERM/SIGINT. Installed first thing, so a signal during start-up (imports, data
@@ -143,6 +149,7 @@ class _Session:
         from hpo.artifacts import ArtifactPublisher
         from hpo.budget import stored_budget, tally
         from hpo.checkpoints import CheckpointStore
+        from hpo.counts import count_trials
         from hpo.heartbeat import Heartbeat
         from hpo.loop import WorkerLoop
         from hpo.objectives import parse_objectives
@@ -183,7 +190,9 @@ class _Session:
                          prunable=objectives.single and settings.pruner != "none",
                          bf16=settings.bf16, checkpoint_every=args.checkpoint_every)
         progress = Progress(study, budget(), settings.epochs)
-        runner = TrialRunner(spec, data, CheckpointStore(store), ArtifactPublisher(store), stop,
+        study_id = storage.get_study_id_from_name(study_name)
+        publisher = ArtifactPublisher(store, best_value=lambda: count_trials(storage, study_id).best)
+        runner = TrialRunner(spec, data, CheckpointStore(store), publisher, stop,
                              on_epoch=progress.epoch)
         heartbeat = Heartbeat(storage)
         if settings.sampler == "grid":

@@ -8,7 +8,9 @@ The private uses in hpo/ (grep for ``optuna`` and ``._``):
   RDBStorage in Optuna's trial cache (``_CachedStorage``), and that cache's ``remove_session``;
 * hpo/storage.py: ``RDBStorage.grace_period`` (an undocumented attribute);
 * hpo/reaper.py: ``optuna.storages._rdb.models`` (TrialModel, TrialHeartbeatModel columns);
-* hpo/loop.py: the text of the warning Optuna gives when ``ask`` runs with storage heartbeats.
+* hpo/loop.py: the text of the warning Optuna gives when ``ask`` runs with storage heartbeats;
+* hpo/tell.py: ``optuna.study._tell._tell_with_warning``, Study.tell without its re-read;
+* hpo/counts.py: ``optuna.storages._rdb.models`` (TrialModel, TrialValueModel columns).
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ def test_fail_stale_trials_asks_our_storage_which_trials_to_fail(sqlite_url):
     assert storage.get_trial(live).state == TrialState.RUNNING
     assert [t.state for t in study.get_trials()][-1] == TrialState.WAITING  # the retry callback
 
-    # Without a reaper, RetryingStorage asks RDBStorage's own (private) check.
+    # Without a reaper, RetryingStorage asks RDBStorage's own (private) check, which judges
+    # only trials with a heartbeat row.
     storage.stale_trial_ids = None
+    storage.record_heartbeat(live)
     wait_for(lambda: storage._get_stale_trial_ids(study_id) == [live], 30,
              "Optuna's own check to call the live trial stale once its heartbeat is old")
 
@@ -73,7 +77,8 @@ def test_reaper_reads_heartbeats_through_optunas_models(sqlite_url):
     storage = open_storage(sqlite_url, heartbeat=1, grace=1)
     study = optuna.create_study(study_name="s", storage=storage)
     study_id = storage.get_study_id_from_name("s")
-    beating = _trial_id(storage, study, study.ask().number)  # the claim records a heartbeat
+    beating = _trial_id(storage, study, study.ask().number)
+    storage.record_heartbeat(beating)  # as the worker's heartbeat thread does
     silent = storage.rdb.create_new_trial(study_id)  # RUNNING, no heartbeat
     number = study.ask().number
     study.tell(number, 1.0)
@@ -116,3 +121,22 @@ def test_enqueued_parameters_wait_in_the_fixed_params_system_attribute():
     study.enqueue_trial({"x": 3})
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
     assert waiting.params == {} and waiting.system_attrs["fixed_params"] == {"x": 3}
+
+
+@pytest.mark.parametrize("told", [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+def test_tell_without_re_read_ends_trials_as_study_tell_does(sqlite_url, told):
+    from hpo.tell import tell
+
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(storage=storage, direction="maximize")
+    trial = study.ask()
+    trial.report(0.25, 1)
+    result = tell(study, trial, [0.5] if told == TrialState.COMPLETE else None, told, "why")
+    stored = study.trials[0]
+    assert (result.number, result.state, result.values) == (0, told, stored.values)
+    assert stored.state == told and stored.datetime_complete is not None
+    assert stored.values == {TrialState.COMPLETE: [0.5], TrialState.PRUNED: [0.25],
+                             TrialState.FAIL: None}[told]
+    # A trial failed meanwhile (a stale-trial check) is left as it is, and says so.
+    again = tell(study, trial, [0.9], TrialState.COMPLETE)
+    assert again.state == told and study.trials[0].values == stored.values

@@ -130,3 +130,26 @@ def test_slow_ask_is_not_mistaken_for_a_dead_worker(sqlite_url):
         heartbeat.stop()
     assert not errors, errors
     assert asked == [0] and _states(study) == [TrialState.RUNNING]
+
+
+def test_heartbeat_thread_beats_soon_after_a_claim_and_not_for_a_trial_already_over(sqlite_url):
+    storage = open_storage(sqlite_url, heartbeat=1, grace=2)  # first beat after 0.5 s at most
+    study = optuna.create_study(study_name="beats", storage=storage)
+    study_id = storage.get_study_id_from_name("beats")
+    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+           for _ in range(2)]
+    reaper = Reaper(storage)
+
+    def beats() -> dict:
+        return dict(storage.call(reaper._running_heartbeats, study_id)[1])
+
+    heartbeat = Heartbeat(storage)
+    heartbeat.start()
+    try:
+        heartbeat.track(ids[0])
+        heartbeat.track(None)  # over in microseconds: no beat is due for it
+        heartbeat.track(ids[1])
+        wait_for(lambda: beats()[ids[1]] is not None, 30, "the claimed trial's first heartbeat")
+        assert beats()[ids[0]] is None  # its beat would have been due before the second's
+    finally:
+        heartbeat.stop()

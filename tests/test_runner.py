@@ -194,7 +194,8 @@ def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store
     import hpo.runner
     from hpo.train import EpochMetrics, FitResult
 
-    def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None):
+    def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None,
+                             between_batches=None):
         history = [EpochMetrics(1, 1.0, 0.5, 1.0, 0.55, 0.1, 0.01),
                    EpochMetrics(2, 0.9, 0.6, 1.2, 0.40, 0.1, 0.01)]
         model = torch.nn.Linear(1, 1)
@@ -205,3 +206,37 @@ def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store
     study.enqueue_trial({"lr": 0.02})
     _objective(small_data, store)(study, 1)
     assert study.trials[0].value == 0.40
+
+
+def test_runner_asks_the_pruner_while_training_goes_on_and_applies_a_late_decision(
+        small_data, store):
+    # The report and pruning check of epoch k run while epoch k+1 trains; a decision that
+    # arrives even after training ended still prunes at epoch k, as a synchronous check would.
+    import threading
+
+    last_epoch_trained = threading.Event()
+
+    class LatePruner(optuna.pruners.BasePruner):
+        waited = None
+
+        def prune(self, study, trial):
+            if trial.last_step == 1:
+                LatePruner.waited = last_epoch_trained.wait(60)
+                return True
+            return False
+
+    study = optuna.create_study(direction="maximize", pruner=LatePruner())
+    study.enqueue_trial({"lr": 0.02})
+    spec = TrialSpec(LR_STAGE, TINY, epochs=3, seed=3, objectives=parse_objectives("accuracy"),
+                     prunable=True)
+    runner = TrialRunner(spec, small_data, CheckpointStore(store), ArtifactPublisher(store),
+                         threading.Event(),
+                         on_epoch=lambda trial, m: m.epoch == 3 and last_epoch_trained.set(),
+                         overlap_reports=True)  # as on a GPU
+    _Run(runner)(study, 1)
+    trial = study.trials[0]
+    assert LatePruner.waited is True, "the pruner's check held up training"
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]  # nothing reported after the decision
+    assert [h["epoch"] for h in trial.user_attrs["history"]] == [1]
+    assert "after epoch 1" in trial.user_attrs["end_reason"]

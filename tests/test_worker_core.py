@@ -37,7 +37,7 @@ class ScriptedRunner:
     def __init__(self, endings, gate: threading.Event | None = None):
         self.endings, self.gate, self.started = list(endings), gate, threading.Event()
 
-    def run(self, trial):
+    def run(self, trial, queued=True):
         trial.suggest_float("lr", 0.01, 0.1, log=True)
         trial.set_user_attr("checkpoint", {"artifact_id": "ck", "epoch": 1})
         self.started.set()
@@ -106,8 +106,8 @@ def test_stopped_trial_is_queued_again_before_it_is_failed(sqlite_url, tiny_stag
     loop = _loop(storage, study, runner, stop)
     runner_run = runner.run
 
-    def run_then_stop(trial):  # the signal arrives mid-trial
-        outcome = runner_run(trial)
+    def run_then_stop(trial, queued=True):  # the signal arrives mid-trial
+        outcome = runner_run(trial, queued)
         stop.set()
         return outcome
 
