@@ -410,7 +410,7 @@ def instrument(timers: Timers) -> None:
     _wrap_methods(timers, hpo.runner.TrialRunner, {
         "run": "runner", "_record": "runner.record", "_resume": "runner.resume"})
     _wrap_methods(timers, hpo.artifacts.ArtifactPublisher, {
-        "curve_and_config": "artifacts.curve_and_config", "model_if_best": "artifacts.best_model"})
+        "curve": "artifacts.curve", "config": "artifacts.config", "model_if_best": "artifacts.best_model"})
     _wrap_methods(timers, hpo.checkpoints.CheckpointStore, {
         "save": "checkpoint.save", "load": "checkpoint.load", "remove": "checkpoint.remove"})
     # Not run_one: it spans a whole trial and the gaps on both sides of it (see _breakdown)

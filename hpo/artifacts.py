@@ -22,7 +22,19 @@ class ArtifactPublisher:
         self.store = artifact_store
         self.best_value = best_value
 
-    def curve_and_config(self, trial: optuna.Trial, history: list[dict], config: dict) -> None:
+    def config(self, trial: optuna.Trial, config: dict) -> None:
+        """The config as a JSON file (stored when the trial starts)."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"config-trial{trial.number}.json"
+                path.write_text(json.dumps(config, indent=2))
+                upload_artifact(artifact_store=self.store, file_path=str(path),
+                                study_or_trial=trial, mimetype="application/json")
+        except Exception as e:  # artifacts are a view; never lose the trial over them
+            log.warning("trial %d: could not store its config artifact (%s)", trial.number, e)
+
+    def curve(self, trial: optuna.Trial, history: list[dict]) -> None:
+        """The learning curve as a PNG (stored when the trial ends)."""
         from hpo.curve_png import learning_curve_png
 
         try:
@@ -31,12 +43,8 @@ class ArtifactPublisher:
                                             title=f"trial {trial.number}")
                 upload_artifact(artifact_store=self.store, file_path=str(curve),
                                 study_or_trial=trial, mimetype="image/png")
-                path = Path(tmp) / f"config-trial{trial.number}.json"
-                path.write_text(json.dumps(config, indent=2))
-                upload_artifact(artifact_store=self.store, file_path=str(path),
-                                study_or_trial=trial, mimetype="application/json")
         except Exception as e:  # artifacts are a view; never lose the trial over them
-            log.warning("trial %d: could not store artifacts (%s)", trial.number, e)
+            log.warning("trial %d: could not store its learning curve (%s)", trial.number, e)
 
     def model_if_best(self, trial: optuna.Trial, value: float, model, config: dict) -> None:
         """The best trial so far (by its first objective) also gets its trained weights."""

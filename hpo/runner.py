@@ -117,6 +117,7 @@ class TrialRunner:
             return self._rejected(trial, f"the configuration of trial {same.number} "
                                          f"({same.state.name.lower()}), not trained again")
         self._on_the_side(lambda: trial.set_user_attr("config", config_dict))
+        self._on_the_side(lambda: self.publisher.config(trial, config_dict))
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
         inherited = trial.user_attrs if queued else {}
@@ -150,7 +151,9 @@ class TrialRunner:
         try:
             try:
                 result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop,
-                             between_batches=reports.raise_if_pruned)
+                             between_batches=reports.raise_if_pruned,
+                             on_model=lambda n: self._on_the_side(
+                                 lambda: trial.set_user_attr("params", n)))
                 reports.settle()  # a prune decided during the last epoch still applies
             finally:
                 self.checkpoints.wait()  # every pointer names a complete checkpoint from here
@@ -158,7 +161,7 @@ class TrialRunner:
             reports.settle(raising=False)
             pruned_at = reports.pruned_at.epoch if reports.pruned_at else len(history)
             kept = [m for m in history if m.epoch <= pruned_at]  # not the abandoned epoch
-            self._record(trial, kept, config_dict, end_reason=str(e))
+            self._record(trial, kept, end_reason=str(e))
             self.checkpoints.remove(checkpoint_id)
             self._side_written()
             return Outcome(Ending.PRUNED, str(e))
@@ -183,8 +186,7 @@ class TrialRunner:
         reason = f"diverged: {result.reason}" if diverged else result.reason or result.status
         # The end-of-trial writes go on the side, alongside what happens here; all land
         # before the trial is told.
-        self._record(trial, result.history, config_dict, seconds=result.seconds,
-                     end_reason=reason, params=result.params)
+        self._record(trial, result.history, seconds=result.seconds, end_reason=reason)
         self.checkpoints.remove(checkpoint_id)
         if diverged:
             self._side_written()
@@ -221,11 +223,10 @@ class TrialRunner:
         trial.set_user_attr("end_reason", reason)
         return Outcome(Ending.REJECTED, reason)
 
-    def _record(self, trial: optuna.Trial, history: list[EpochMetrics], config: dict[str, Any],
+    def _record(self, trial: optuna.Trial, history: list[EpochMetrics],
                 seconds: float | None = None, **attrs: Any) -> None:
         """On the side: history, train-val gap, training seconds (``seconds`` also counts a
-        diverged epoch, which has no history row) and ``attrs``; alongside, the learning curve
-        and config as artifacts."""
+        diverged epoch, which has no history row) and ``attrs``, then the learning curve."""
         rows = [dataclasses.asdict(h) for h in history]
         attrs["history"] = rows
         if history:
@@ -234,7 +235,7 @@ class TrialRunner:
         if seconds:
             attrs["seconds"] = seconds
         self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
-        self._on_the_side(lambda: self.publisher.curve_and_config(trial, rows, config))
+        self._on_the_side(lambda: self.publisher.curve(trial, rows))
 
     @staticmethod
     def _point_to(trial: optuna.Trial, pointer: dict[str, Any]) -> None:

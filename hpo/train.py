@@ -204,15 +204,17 @@ def evaluate(model: nn.Module, data: DeviceData, split: Split, bf16: bool = Fals
 def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
         resume: dict[str, Any] | None = None, bf16: bool = False,
         stop: threading.Event | None = None,
-        between_batches: Callable[[], None] | None = None) -> FitResult:
+        between_batches: Callable[[], None] | None = None,
+        on_model: Callable[[int], None] | None = None) -> FitResult:
     """Train config on data.train, validating on data.val after every epoch.
 
     Same seed and data on the CPU give the same metrics. A NaN/inf loss ends the run with status
     "diverged" rather than an exception. ``resume`` is a checkpoint from ``on_epoch``, with its
     tensors on the CPU (hpo.checkpoints.CheckpointStore.load reads it back so); restore() moves
     it to the device. Setting ``stop`` raises Interrupted at the next batch; ``between_batches``
-    runs before every batch and may raise to end the run. Backend settings (configure_backend)
-    are the caller's.
+    runs before every batch and may raise to end the run; ``on_model`` is told the model's
+    parameter count before training starts. Backend settings (configure_backend) are the
+    caller's.
     """
     device = data.device
     torch.manual_seed(config.seed)
@@ -233,6 +235,8 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
         return snapshot(model, optimizer, scheduler, history, elapsed, device)
 
     params = count_parameters(model)
+    if on_model is not None:
+        on_model(params)
     status, reason = "completed", ""
     best, since_best = -1.0, 0
     for m in history:  # a resumed run counts the epochs without improvement before it

@@ -100,7 +100,7 @@ def test_out_of_memory_is_a_recorded_failure_and_the_worker_goes_on(small_data, 
     calls = []
 
     def fake_fit(config, data, on_epoch=None, resume=None, bf16=False, stop=None,
-                 between_batches=None):
+                 between_batches=None, on_model=None):
         calls.append(config)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 

@@ -195,7 +195,7 @@ def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store
     from hpo.train import EpochMetrics, FitResult
 
     def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None,
-                             between_batches=None):
+                             between_batches=None, on_model=None):
         history = [EpochMetrics(1, 1.0, 0.5, 1.0, 0.55, 0.1, 0.01),
                    EpochMetrics(2, 0.9, 0.6, 1.2, 0.40, 0.1, 0.01)]
         model = torch.nn.Linear(1, 1)
