@@ -160,12 +160,19 @@ def main() -> int:
     p.add_argument("--hand-best", type=float,
                    help="the hand arm's best validation accuracy from an earlier run, when "
                         "--arms leaves it out (for epochs_to_match_hand)")
+    p.add_argument("--dir", type=Path,
+                   help="keep the arms' databases here and resume from them: an arm stopped "
+                        "part-way (Ctrl-C, a lost session) goes on where it stopped, a finished "
+                        "one is only summarised (default: a temporary folder)")
     _studies.add_run_flags(p, train_size=4500)
     args = p.parse_args()
     args.dataset = resolve_dataset(args.dataset)
     args.arms = [a.strip() for a in args.arms.split(",")]
     _studies.setup_logging()
-    tmp = Path(tempfile.mkdtemp(prefix="hpo-search-quality-"))
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        args.keep = True
+    tmp = args.dir or Path(tempfile.mkdtemp(prefix="hpo-search-quality-"))
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = {"train_size": args.train_size, "val_images": round(50000 * args.val_fraction),
              "epochs_per_trial": args.epochs, "jobs": args.jobs, "threads": args.threads}
