@@ -368,7 +368,9 @@ def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return GridUntilBudget(stage.grid(frozen), seed=seed)
+        # Not the worker's own seed: Optuna's grid sampler shuffles the grid by its seed and
+        # workers name points by their index in it, so every worker needs the same order.
+        return GridUntilBudget(stage.grid(frozen), seed=settings.seed or 0)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)

@@ -219,3 +219,27 @@ def test_cli_stages_lists_every_stage_and_user_stages(tmp_path):
         assert rows[name][1] == (stage.builds_on or "-")
         assert rows[name][2:4] == [str(stage.n_trials), str(stage.epochs)]
     assert rows["cli_user_stage"][1] == "stage1_layers"
+
+
+def test_grid_workers_with_different_sampler_seeds_share_one_grid_order(tmp_path):
+    # Each worker process seeds its sampler with the study seed plus its slot. Optuna's grid
+    # sampler shuffles its grid by its seed and names points by index, so two workers read one
+    # grid index as two different points: points trained twice, others never.
+    from hpo.study import Settings, make_sampler
+
+    stage = get_stage("stage1_layers")
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    settings = Settings(stage=stage.name, sampler="grid", seed=0)
+    optuna.create_study(study_name="g", storage=storage, direction="maximize")
+    workers = [optuna.load_study(study_name="g", storage=storage,
+                                 sampler=make_sampler(settings, stage, dict(DEFAULTS), slot))
+               for slot in (0, 1)]
+    grid = stage.grid(dict(DEFAULTS))
+    size = len(list(itertools.product(*grid.values())))
+    for number in range(size):
+        study = workers[number % 2]
+        trial = study.ask()
+        stage.suggest(trial, dict(DEFAULTS))
+        study.tell(trial, 0.5)
+    trained = {tuple(sorted(t.params.items())) for t in workers[0].trials}
+    assert len(trained) == size, f"{size - len(trained)} grid points trained twice"
