@@ -116,11 +116,12 @@ class TrialRunner:
             self._side_written()
             return self._rejected(trial, f"the configuration of trial {same.number} "
                                          f"({same.state.name.lower()}), not trained again")
-        self._on_the_side(lambda: trial.set_user_attr("config", config_dict))
-        self._on_the_side(lambda: self.publisher.config(trial, config_dict))
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
         inherited = trial.user_attrs if queued else {}
+        if inherited.get("config") != config_dict:  # a retry has its original's, and its artifact
+            self._on_the_side(lambda: trial.set_user_attr("config", config_dict))
+            self._on_the_side(lambda: self.publisher.config(trial, config_dict))
         pointer = inherited.get("checkpoint")
         checkpoint_id = pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
         resume = self._resume(trial, pointer, config_dict)

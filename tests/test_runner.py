@@ -49,8 +49,8 @@ def store(tmp_path):
     return FileSystemArtifactStore(str(tmp_path))
 
 
-def _study(pruner: str = "none", directions=("maximize",)) -> optuna.Study:
-    return optuna.create_study(directions=list(directions),
+def _study(pruner: str = "none", directions=("maximize",), storage=None) -> optuna.Study:
+    return optuna.create_study(directions=list(directions), storage=storage,
                                pruner=make_pruner(Settings(stage="lr_only", pruner=pruner)))
 
 
@@ -80,7 +80,8 @@ def _objective(small_data, store, stage=LR_STAGE, frozen=TINY, epochs=2, objecti
 
 
 def test_runner_records_config_history_and_bookkeeping(small_data, store):
-    study = _study()
+    storage = optuna.storages.InMemoryStorage()
+    study = _study(storage=storage)
     study.enqueue_trial({"lr": 0.02})
     _objective(small_data, store)(study, 1)
     trial = study.trials[0]
@@ -99,6 +100,31 @@ def test_runner_records_config_history_and_bookkeeping(small_data, store):
     assert (attrs["device"], attrs["host"], attrs["pid"]) == ("cpu", socket.gethostname(),
                                                               os.getpid())
     assert attrs["end_reason"] == "completed"
+    artifacts = optuna.artifacts.get_all_artifact_meta(trial, storage=storage)
+    assert sorted(a.filename for a in artifacts) == [
+        "config-trial0.json", "learning-curve-trial0.png", "model-trial0.pt"]
+
+
+def test_runner_retry_keeps_its_originals_config_artifact_and_adds_none(small_data, store):
+    # A retry inherits its original's user and system attributes, config artifact included.
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    storage = optuna.storages.InMemoryStorage()
+    study = _study(storage=storage)
+    study.enqueue_trial({"lr": 0.02})
+    run = _objective(small_data, store)
+    trial = study.ask()
+    run.runner.stop.set()  # stopped at its first batch, as by SIGTERM
+    assert run.runner.run(trial).ending.name == "STOPPED"
+    RetryHeartbeatStaleTrialCallback()(study, study.trials[0])
+    study.tell(trial, state=TrialState.FAIL)
+    run.runner.stop.clear()
+    run(study, 1)
+    retry = study.trials[1]
+    assert retry.state == TrialState.COMPLETE
+    names = sorted(a.filename for a in optuna.artifacts.get_all_artifact_meta(
+        retry, storage=storage))
+    assert names == ["config-trial0.json", "learning-curve-trial1.png", "model-trial1.pt"]
 
 
 def test_runner_removes_its_checkpoint_when_the_trial_ends(small_data, store):
