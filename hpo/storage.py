@@ -408,10 +408,7 @@ def _check_sqlite_file(url: str, path: Path, writing: bool) -> None:
                                                     timeout=busy_timeout)) as conn:
                 conn.execute("SELECT name FROM sqlite_master").fetchall()
             return
-        # WAL persists in the file (readers never block); switching needs the file to itself.
-        with contextlib.closing(sqlite3.connect(path, timeout=busy_timeout)) as conn:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(path, busy_timeout)
     except sqlite3.OperationalError as e:
         if "locked" in str(e) or "busy" in str(e):
             raise HpoFailure(f"storage {url!r}: {str(path)!r} stayed locked by another process for "
@@ -419,6 +416,32 @@ def _check_sqlite_file(url: str, path: Path, writing: bool) -> None:
         raise _not_sqlite(url, path, e) from None
     except sqlite3.Error as e:
         raise _not_sqlite(url, path, e) from None
+
+
+def _use_wal(path: Path, timeout: float) -> None:
+    """Switch the file to WAL (it persists in the file: readers never block writers).
+
+    Switching needs the file to itself. Workers started together race: each reads the mode, one
+    switches, and another that read the old mode would wait for ever behind the first one's open
+    connections. So each attempt waits briefly, then the mode is read again.
+    """
+    deadline = time.monotonic() + timeout
+    with contextlib.closing(sqlite3.connect(path, timeout=WAL_ATTEMPT)) as conn:
+        while True:
+            try:
+                if _journal_mode(conn) == "wal":
+                    return
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as e:
+                if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() >= deadline:
+                    raise
+
+
+WAL_ATTEMPT = 0.5  # seconds one attempt to switch to WAL waits for the file
+
+
+def _journal_mode(conn: sqlite3.Connection) -> str:
+    return conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
 
 
 def _not_sqlite(url: str, path: Path, e: Exception) -> HpoFailure:

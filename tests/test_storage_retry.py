@@ -191,3 +191,23 @@ def test_sqlite_file_locked_by_another_writer_is_waited_for_not_called_foreign(t
     holder.close()
     storage = opened.result(timeout=60)
     assert storage.get_all_studies() == []
+
+
+def test_sqlite_wal_switch_racing_another_writer_is_retried(tmp_path):
+    # Workers starting together on a fresh file each switch it to WAL. SQLite answers a switch
+    # that would deadlock with another connection's write lock with "database is locked" at
+    # once, without waiting: that worker failed to start (a CI run, a benchmark).
+    path = tmp_path / "hpo.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other_writer (x)")
+    other.execute("BEGIN IMMEDIATE")  # the other worker is writing, before any switch to WAL
+    opened = ThreadPoolExecutor(1).submit(open_storage, f"sqlite:///{path}")
+    deadline = time.monotonic() + 1.0  # long enough for an opener that does not retry to fail
+    while time.monotonic() < deadline and not opened.done():
+        time.sleep(0.05)
+    other.execute("COMMIT")
+    other.close()
+    storage = opened.result(timeout=60)
+    assert storage.get_all_studies() == []
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
