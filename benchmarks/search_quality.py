@@ -38,6 +38,7 @@ import _studies
 from _studies import REPO_ROOT, _command, emit, resolve_dataset, subprocess_env
 
 RETRAIN_TOLERANCE = 0.005
+EVERY = 50  # epochs between the points of each arm's best-so-far curve
 
 
 def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path) -> float:
@@ -76,11 +77,15 @@ def summary(db: Path, target: float | None) -> dict:
     every = sorted((t for ts in studies.values() for t in ts if t.datetime_complete),
                    key=lambda t: t.datetime_complete)
     epochs, until, best, best_study = 0, None, None, None
+    so_far, best_at = None, {}  # best validation accuracy after every EVERY epochs trained
     for t in every:
         epochs += len(t.user_attrs.get("history", []))
         if t.state == TrialState.COMPLETE and t.value is not None:
             if target is not None and until is None and t.value >= target:
                 until = epochs
+            so_far = t.value if so_far is None else max(so_far, t.value)
+        for mark in range(EVERY * (len(best_at) + 1), epochs + 1, EVERY):
+            best_at[mark] = so_far
     per_stage = {}
     for name, ts in studies.items():
         done = [t.value for t in ts if t.state == TrialState.COMPLETE]
@@ -91,7 +96,7 @@ def summary(db: Path, target: float | None) -> dict:
             "epochs_to_match_hand": until,
             "trained": sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in every),
             "refused_untrained": sum(t.state == TrialState.FAIL for t in every),
-            "per_stage_best": per_stage}
+            "per_stage_best": per_stage, f"best_after_every_{EVERY}_epochs": best_at}
 
 
 def retrain(db: Path, study: str, device: str, threads: int) -> dict:
@@ -160,6 +165,9 @@ def main() -> int:
     p.add_argument("--hand-best", type=float,
                    help="the hand arm's best validation accuracy from an earlier run, when "
                         "--arms leaves it out (for epochs_to_match_hand)")
+    p.add_argument("--summarise", action="store_true",
+                   help="with --dir: only summarise the arms' databases there, finished or not "
+                        "(no training, no re-training)")
     p.add_argument("--dir", type=Path,
                    help="keep the arms' databases here and resume from them: an arm stopped "
                         "part-way (Ctrl-C, a lost session) goes on where it stopped, a finished "
@@ -169,6 +177,19 @@ def main() -> int:
     args.dataset = resolve_dataset(args.dataset)
     args.arms = [a.strip() for a in args.arms.split(",")]
     _studies.setup_logging()
+    if args.summarise:
+        if args.dir is None:
+            raise SystemExit("--summarise needs --dir")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for seed in seeds:
+            hand = args.dir / f"hand-{seed}.db"
+            target = summary(hand, None)["best_val_acc"] if hand.exists() else args.hand_best
+            for arm in args.arms:
+                db = args.dir / f"{arm}-{seed}.db"
+                if db.exists():
+                    emit({"arm": arm, "seed": seed, "summarised_only": True,
+                          **summary(db, target if arm != "hand" else None)})
+        return 0
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
         args.keep = True
