@@ -13,6 +13,8 @@ import dataclasses
 import optuna
 from optuna.trial import TrialState
 
+from hpo import study_records
+
 USED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -52,6 +54,4 @@ def gives_way(study: optuna.Study, number: int, budget: int) -> bool:
 
 def stored_budget(storage, study_name: str) -> int:
     """The budget as stored now (``hpo create-study --update`` may have raised it)."""
-    from hpo import study_records
-
     return int(study_records.read_one(storage, study_name, "settings")["n_trials"])

@@ -23,8 +23,8 @@ def _count(storage: RetryingStorage, study_id: int) -> Tally:
     with storage.engine.connect() as conn:
         rows = conn.execute(_statement(), {"study_id": study_id}).all()
     counts = dict.fromkeys(TrialState, 0)
-    counts.update({TrialState[state.name]: n for state, n, _ in rows})
-    best = next((top for state, _, top in rows if state.name == "COMPLETE"), None)
+    counts.update({state: n for state, n, _ in rows})
+    best = next((top for state, _, top in rows if state == TrialState.COMPLETE), None)
     return Tally(counts, best)
 
 

@@ -33,7 +33,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: Sequence[float] | Non
     is left as it is, and the state it has is returned."""
     # Private, as a last resort: the telling step of Study.tell without its re-read, the same
     # function study.optimize calls (tests/test_optuna_contract.py fails if it changes).
-    from optuna.study._tell import _tell_with_warning
+    from optuna.study._tell import _tell_with_warning  # private: Study.tell minus its re-read
 
     told_state, told_values, _ = _tell_with_warning(
         study=study, trial=trial, value_or_values=values, state=state, skip_if_finished=True)

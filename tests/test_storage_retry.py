@@ -181,15 +181,9 @@ def test_sqlite_file_locked_by_another_writer_is_waited_for_not_called_foreign(t
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("CREATE TABLE other_writer (x)")
     holder.execute("BEGIN EXCLUSIVE")
-    opened = ThreadPoolExecutor(1).submit(open_storage, f"sqlite:///{path}")
     # Held past sqlite3's default 5 s busy timeout (table creation on a loaded machine took that
     # long), unless the opener has given up already; then the opener must finish on its own.
-    deadline = time.monotonic() + 6.0
-    while time.monotonic() < deadline and not opened.done():
-        time.sleep(0.05)
-    holder.execute("COMMIT")
-    holder.close()
-    storage = opened.result(timeout=60)
+    storage = _open_while_held(path, holder, 6.0)
     assert storage.get_all_studies() == []
 
 
@@ -201,13 +195,19 @@ def test_sqlite_wal_switch_racing_another_writer_is_retried(tmp_path):
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("CREATE TABLE other_writer (x)")
     other.execute("BEGIN IMMEDIATE")  # the other worker is writing, before any switch to WAL
-    opened = ThreadPoolExecutor(1).submit(open_storage, f"sqlite:///{path}")
-    deadline = time.monotonic() + 1.0  # long enough for an opener that does not retry to fail
-    while time.monotonic() < deadline and not opened.done():
-        time.sleep(0.05)
-    other.execute("COMMIT")
-    other.close()
-    storage = opened.result(timeout=60)
+    storage = _open_while_held(path, other, 1.0)  # an opener that does not retry fails by then
     assert storage.get_all_studies() == []
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _open_while_held(path, holder: sqlite3.Connection, hold_for: float):
+    """open_storage on ``path`` while ``holder``'s transaction is open; the transaction ends
+    after ``hold_for`` seconds or once the opener has returned or failed, whichever is first."""
+    opened = ThreadPoolExecutor(1).submit(open_storage, f"sqlite:///{path}")
+    deadline = time.monotonic() + hold_for
+    while time.monotonic() < deadline and not opened.done():
+        time.sleep(0.05)
+    holder.execute("COMMIT")
+    holder.close()
+    return opened.result(timeout=60)
