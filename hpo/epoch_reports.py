@@ -7,11 +7,14 @@ while the next epoch trains: the decision for epoch k lands a few batches into e
 is then abandoned. A decision is always applied, at the latest when training ends, so whether a
 trial is pruned, and where, never depends on timing. Nothing is reported after a prune.
 On the CPU the thread would compete with training for the same cores (on 2 cores a decision
-took 40-100 ms to land, all of it wasted training), so there they run in place, between epochs.
+took 40-100 ms to land, all of it wasted training), so there they run in place, between epochs,
+except the last epoch's report: no decision rides on it, so it is written alongside the trial's
+end-of-trial writes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import optuna
@@ -21,12 +24,14 @@ from hpo.train import EpochMetrics
 
 class EpochReports:
     def __init__(self, trial: optuna.Trial, executor: ThreadPoolExecutor | None, report: bool,
-                 prunable: bool, last_epoch: int):
+                 prunable: bool, last_epoch: int,
+                 last_report: Callable[[Callable[[], None]], None] | None = None):
         """``executor``: one thread (reports keep their order), or None to report in place.
         ``report``: Optuna takes intermediate values (single objective). ``prunable``: the
         pruner is asked, except after ``last_epoch`` (pruning then would save nothing and lose
-        a complete result)."""
-        self.trial, self.executor = trial, executor
+        a complete result). ``last_report``: without an executor, hands it the report of
+        ``last_epoch`` to run later (its caller waits for it before telling the trial)."""
+        self.trial, self.executor, self.last_report = trial, executor, last_report
         self.report, self.prunable, self.last_epoch = report, prunable, last_epoch
         self.pruned_at: EpochMetrics | None = None  # set on the reporting thread
         self._pending: list[Future] = []
@@ -35,6 +40,9 @@ class EpochReports:
         if not self.report:
             return
         if self.executor is None:
+            if m.epoch >= self.last_epoch and self.last_report is not None:
+                self.last_report(lambda: self._report(m))  # nothing is decided on it
+                return
             self._report(m)
             self.raise_if_pruned()
         else:

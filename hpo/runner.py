@@ -11,6 +11,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import optuna
@@ -79,6 +80,11 @@ def _already_trained(trial: optuna.Trial, config: dict[str, Any]
     return None
 
 
+class _AlreadyTrained(Exception):
+    def __init__(self, trial: optuna.trial.FrozenTrial):
+        self.trial = trial
+
+
 class TrialRunner:
     def __init__(self, spec: TrialSpec, data: DeviceData, checkpoints: CheckpointStore,
                  publisher: ArtifactPublisher, stop: threading.Event,
@@ -88,7 +94,7 @@ class TrialRunner:
         None: when the device is not the CPU."""
         self.spec, self.data, self.checkpoints, self.publisher = spec, data, checkpoints, publisher
         self.stop, self.on_epoch, self.overlap_reports = stop, on_epoch, overlap_reports
-        self._side, self._pending = None, []  # one writer thread for bookkeeping off the path
+        self._side, self._aside, self._pending = None, None, []  # bookkeeping off the path
         self._reporter = None  # one thread for each epoch's report and pruning check
 
     def run(self, trial: optuna.Trial, queued: bool = True) -> Outcome:
@@ -98,32 +104,39 @@ class TrialRunner:
             return self._run(trial, queued)
         except optuna.exceptions.UpdateFinishedTrialError:
             return Outcome(Ending.REAPED, "failed by a stale-trial check (heartbeat late)")
+        finally:  # whichever way the trial ended, none of its side work is left for the next
+            self._side_written(raising=False)
 
     def _run(self, trial: optuna.Trial, queued: bool) -> Outcome:
-        # Bookkeeping the trial does not wait for, written on the side while it trains. CPU
-        # results depend on the thread count (reduction order): hpo train reuses it.
-        where = {"device": str(self.data.device), "host": socket.gethostname(),
-                 "pid": os.getpid(), "threads": torch.get_num_threads()}
-        self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in where.items()])
         try:
             config = config_from_trial(self.spec, trial, self.data.image_size)
-        except HpoError as e:
-            self._side_written()
+        except HpoError as e:  # nothing was written on the side yet
             return self._rejected(trial, f"impossible configuration, not trained: {e}")
         config_dict = config.to_dict()
-        same = _already_trained(trial, config_dict)
-        if same is not None:
-            self._side_written()
-            return self._rejected(trial, f"the configuration of trial {same.number} "
-                                         f"({same.state.name.lower()}), not trained again")
+        # The duplicate check reads the study while the model is built; training waits for it.
+        duplicate = self._on_the_side(lambda: _already_trained(trial, config_dict), aside=True)
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
         inherited = trial.user_attrs if queued else {}
-        if inherited.get("config") != config_dict:  # a retry has its original's, and its artifact
-            self._on_the_side(lambda: trial.set_user_attr("config", config_dict))
-            self._on_the_side(lambda: self.publisher.config(trial, config_dict))
         pointer = inherited.get("checkpoint")
         checkpoint_id = pointer["artifact_id"] if pointer else f"checkpoint-{uuid.uuid4().hex}"
+
+        def on_model(params: int) -> None:
+            """The model is built: unless the config was trained already, train it, and write
+            its bookkeeping on the side meanwhile (not earlier: on the CPU those writes would
+            compete with the suggestions and the model build for the interpreter)."""
+            same = duplicate.result()
+            if same is not None:
+                raise _AlreadyTrained(same)
+            # CPU results depend on the thread count (reduction order): hpo train reuses it.
+            where = {"device": str(self.data.device), "host": socket.gethostname(),
+                     "pid": os.getpid(), "threads": torch.get_num_threads()}
+            self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in where.items()])
+            if inherited.get("config") != config_dict:  # a retry has its original's, and artifact
+                self._on_the_side(lambda: trial.set_user_attr("config", config_dict))
+                self._on_the_side(lambda: self.publisher.config(trial, config_dict), aside=True)
+            self._on_the_side(lambda: trial.set_user_attr("params", params))
+
         resume = self._resume(trial, pointer, config_dict)
         history = [EpochMetrics(**h) for h in (resume or {}).get("history", [])]
 
@@ -135,7 +148,8 @@ class TrialRunner:
         reports = EpochReports(trial, self._executor("_reporter", "hpo-reports") if overlap
                                else None,
                                report=self.spec.prunable, prunable=prunable,
-                               last_epoch=config.epochs)
+                               last_epoch=config.epochs,
+                               last_report=lambda report: self._on_the_side(report, aside=True))
 
         def on_epoch(m: EpochMetrics, snapshot: Callable[[], dict[str, Any]]) -> None:
             history.append(m)
@@ -152,12 +166,14 @@ class TrialRunner:
         try:
             try:
                 result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop,
-                             between_batches=reports.raise_if_pruned,
-                             on_model=lambda n: self._on_the_side(
-                                 lambda: trial.set_user_attr("params", n)))
+                             between_batches=reports.raise_if_pruned, on_model=on_model)
                 reports.settle()  # a prune decided during the last epoch still applies
             finally:
                 self.checkpoints.wait()  # every pointer names a complete checkpoint from here
+        except _AlreadyTrained as e:
+            self._side_written()
+            return self._rejected(trial, f"the configuration of trial {e.trial.number} "
+                                         f"({e.trial.state.name.lower()}), not trained again")
         except optuna.TrialPruned as e:
             reports.settle(raising=False)
             pruned_at = reports.pruned_at.epoch if reports.pruned_at else len(history)
@@ -185,39 +201,48 @@ class TrialRunner:
             raise
         diverged = result.status == "diverged"
         reason = f"diverged: {result.reason}" if diverged else result.reason or result.status
-        # The end-of-trial writes go on the side, alongside what happens here; all land
-        # before the trial is told.
-        self._record(trial, result.history, seconds=result.seconds, end_reason=reason)
+        # The value is the last epoch's: the weights published, and what hpo train re-creates.
+        values = None if diverged else self.spec.objectives.values(
+            result.final_val_acc, result.seconds, result.params)
+        # The end-of-trial writes go three ways (two side threads and this one); all land
+        # before the trial is told. A trial that ran all its epochs needs no end_reason.
+        ended = {} if result.status == "completed" else {"end_reason": reason}
+        self._record(trial, result.history, seconds=result.seconds, **ended,
+                     then=None if diverged else lambda: self.publisher.model_if_best(
+                         trial, values[0], result.model, config_dict))
         self.checkpoints.remove(checkpoint_id)
-        if diverged:
-            self._side_written()
-            return Outcome(Ending.PRUNED, reason)
-        # The value is the last epoch's: the weights published here, and what hpo train re-creates.
-        values = self.spec.objectives.values(result.final_val_acc, result.seconds, result.params)
-        self.publisher.model_if_best(trial, values[0], result.model, config_dict)
         self._side_written()
+        if diverged:
+            return Outcome(Ending.PRUNED, reason)
         return Outcome(Ending.COMPLETE, reason, values)
 
     def _executor(self, name: str, thread_name: str):
-        """One thread per kind, kept across trials. With the trial's own thread, the heartbeat
-        and the reaper, a worker uses at most five database connections (hpo.storage's pool)."""
+        """One thread per kind, kept across trials: the attribute writer, the aside thread and,
+        on an accelerator, the reporting thread. With the trial's own thread, the heartbeat, the
+        reaper and the checkpoint writer they rarely all need a database connection at once;
+        hpo.storage's pool has five, and a sixth caller waits for one."""
         from concurrent.futures import ThreadPoolExecutor
 
         if getattr(self, name) is None:
             setattr(self, name, ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name))
         return getattr(self, name)
 
-    def _on_the_side(self, write: Callable[[], object]) -> None:
-        self._pending.append(self._executor("_side", "hpo-attrs").submit(write))
+    def _on_the_side(self, work: Callable[[], object], aside: bool = False) -> Future:
+        """Attribute writes go in order on one thread; ``aside``: on a second one (reads and
+        artifacts, which need not wait behind the attribute writes)."""
+        lane = self._executor("_aside", "hpo-aside") if aside else \
+            self._executor("_side", "hpo-attrs")
+        future = lane.submit(work)
+        self._pending.append(future)
+        return future
 
     def _side_written(self, raising: bool = True) -> None:
-        """Wait for the side writes (before the trial is told, or queued again)."""
+        """Wait for every side write (before the trial is told, or queued again); then, with
+        ``raising``, the first one's error surfaces here, on the trial's own path."""
         pending, self._pending = self._pending, []
-        for future in pending:
-            if raising:
-                future.result()  # a storage error surfaces here, on the trial's own path
-            else:
-                future.exception()
+        errors = [e for e in (future.exception() for future in pending) if e is not None]
+        if raising and errors:
+            raise errors[0]
 
     @staticmethod
     def _rejected(trial: optuna.Trial, reason: str) -> Outcome:
@@ -225,18 +250,24 @@ class TrialRunner:
         return Outcome(Ending.REJECTED, reason)
 
     def _record(self, trial: optuna.Trial, history: list[EpochMetrics],
-                seconds: float | None = None, **attrs: Any) -> None:
-        """On the side: history, train-val gap, training seconds (``seconds`` also counts a
-        diverged epoch, which has no history row) and ``attrs``, then the learning curve."""
+                seconds: float | None = None, then: Callable[[], None] | None = None,
+                **attrs: Any) -> None:
+        """History and train-val gap on the side, the learning curve (and ``then``) aside, and
+        here, meanwhile, training seconds (``seconds`` also counts a diverged epoch, which has
+        no history row) and ``attrs``. The caller waits for the side before telling."""
         rows = [dataclasses.asdict(h) for h in history]
-        attrs["history"] = rows
+        along = {"history": rows}
         if history:
-            attrs["gap"] = history[-1].train_acc - history[-1].val_acc
+            along["gap"] = history[-1].train_acc - history[-1].val_acc
+        self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in along.items()])
+        self._on_the_side(lambda: self.publisher.curve(trial, rows), aside=True)
+        if then is not None:
+            self._on_the_side(then, aside=True)
         seconds = sum(h.seconds for h in history) if seconds is None else seconds
         if seconds:
             attrs["seconds"] = seconds
-        self._on_the_side(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
-        self._on_the_side(lambda: self.publisher.curve(trial, rows))
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
 
     @staticmethod
     def _point_to(trial: optuna.Trial, pointer: dict[str, Any]) -> None:
