@@ -87,12 +87,28 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
+MAX_RETRIES = 3  # a trial whose worker died this many times is left failed
+_RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
+                                                inherit_intermediate_values=True)
+
+
+def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's retry of a trial failed by a stale-trial check, and a log line each side: a
+    trial failed without a retry after it would be lost, so both steps show in the log."""
+    log.info("trial %d of study %r failed: its heartbeat is late; queueing it again",
+             trial.number, study.study_name)
+    _RETRY_STALE(study, trial)
+    log.info("trial %d of study %r queued again (unless retried %d times already)",
+             trial.number, study.study_name, MAX_RETRIES)
+
+
 def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     if url.drivername == "sqlite":
         return {"connect_args": {"timeout": 60}}
-    # A worker process uses at most five connections at once (its trial loop, the heartbeat and
-    # reaper threads, the runner's attribute and checkpoint writers). No pre-ping (a round trip per session): a dead pooled connection fails
-    # its first statement as "invalidated", and the retry layer tries again on a new one.
+    # Five connections per worker process: its trial loop, the heartbeat and reaper threads, and
+    # the runner's side threads (hpo.runner), which seldom all hold one; a sixth caller waits.
+    # No pre-ping (a round trip per session): a dead pooled connection fails its first
+    # statement as "invalidated", and the retry layer tries again on a new one.
     return {
         "pool_size": 3, "max_overflow": 2, "pool_recycle": 1800,
         "connect_args": {"connect_timeout": 5, "application_name": "hpo"},
@@ -378,8 +394,7 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
             rdb = RDBStorage(
                 url, engine_kwargs=engine_kwargs(parsed), heartbeat_interval=heartbeat,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=3, inherit_intermediate_values=True) if heartbeat else None)
+                heartbeat_stale_trial_callback=_requeue_stale if heartbeat else None)
     except RuntimeError as e:
         if "no longer compatible with the table schema" not in str(e):
             raise

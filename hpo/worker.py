@@ -220,6 +220,8 @@ class _Session:
             loop.run()
         finally:
             reaper_thread.halt.set()
+            # A check under way finishes: a trial it failed is queued again before we exit.
+            reaper_thread.join(timeout=60)
             heartbeat.stop()
             progress.close()
 

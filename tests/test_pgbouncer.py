@@ -95,6 +95,19 @@ def _running_trial_of(storage: str, workers: list[subprocess.Popen], logs: dict,
     return max(running, key=lambda t: t.datetime_start, default=None)
 
 
+def _story(ts: list[optuna.trial.FrozenTrial], logs: dict, numbers: list[int]) -> str:
+    """What happened to these trials: their states and end reasons, and every worker log line
+    that names them."""
+    named = re.compile(r"\btrials? (%s)\b" % "|".join(map(str, numbers)))
+    lines = [f"{t.number}: {t.state.name} {t.user_attrs.get('end_reason', '')} "
+             f"{ {k: v for k, v in t.system_attrs.items() if 'retr' in k or 'failed' in k} }"
+             for t in ts if t.number in numbers]
+    for pid, log in logs.items():
+        lines += [f"[{pid}] {line}" for line in log.read_text(errors="replace").splitlines()
+                  if named.search(line)]
+    return "\n".join(lines)
+
+
 def test_sixteen_workers_through_a_pool_of_ten(pgbouncer, pg_server, pg_url, tmp_path):
     database = sqlalchemy.engine.make_url(pg_url).database
     url = pgbouncer.url(database)
@@ -139,7 +152,8 @@ def test_sixteen_workers_through_a_pool_of_ten(pgbouncer, pg_server, pg_url, tmp
     # The killed worker's trial was failed after the grace period and run again by another.
     assert [t.state for t in ts if t.number == doomed.number] == [TrialState.FAIL]
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == doomed.number]
-    assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED), \
+        _story(ts, logs, [doomed.number] + [t.number for t in retry])
     assert retry[0].params == doomed.params and retry[0].user_attrs["pid"] != victim.pid
     rerun_after = (retry[0].datetime_start - killed_at).total_seconds()
 
