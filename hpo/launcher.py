@@ -81,7 +81,7 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for slot in slots:
-        env = dict(os.environ, HPO_WORKER_SLOT=str(slot.index))
+        env = dict(os.environ)
         if slot.visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
         else:

@@ -54,13 +54,15 @@ def config_from_trial(spec: TrialSpec, trial: optuna.Trial, image_size: int) -> 
     return config
 
 
-def _already_trained(trial: optuna.Trial, config: dict[str, Any]
+def _already_trained(trial: optuna.Trial, config: dict[str, Any], queued: bool
                      ) -> optuna.trial.FrozenTrial | None:
     """A trial of this study that trained, trains or will train exactly this config, or None.
 
     A sampler may propose a finished point again (its result is already in the study), and two
-    workers asking at once may draw the same point: the later trial by number gives way to an
-    earlier one that is running or queued (a retry, or a point queued at set-up).
+    workers asking at once may draw the same point. A trial the sampler just proposed gives way
+    to any twin that is running or queued: whichever of two such twins checks second sees the
+    other's parameters, so at most one trains (both may give way; the point stays untried). A
+    queued trial (a retry, a warm start) gives way only to an earlier queued or running twin.
     """
     S = optuna.trial.TrialState
     for other in trial.study.get_trials(deepcopy=False):
@@ -68,13 +70,14 @@ def _already_trained(trial: optuna.Trial, config: dict[str, Any]
             continue
         if other.state in (S.COMPLETE, S.PRUNED) and other.user_attrs.get("config") == config:
             return other
-        if other.state == S.RUNNING and other.number < trial.number \
-                and other.params == trial.params:
+        if queued and other.number > trial.number:
+            continue
+        if other.state == S.RUNNING and other.params == trial.params:
             return other
         # A queued trial's parameters: a retry's are its params; enqueue_trial keeps them in
         # the "fixed_params" system attribute until the trial runs (no public accessor;
         # tests/test_optuna_contract.py fails if that changes).
-        if other.state == S.WAITING and other.number < trial.number and trial.params == (
+        if other.state == S.WAITING and trial.params == (
                 other.params or other.system_attrs.get("fixed_params")):
             return other
     return None
@@ -114,7 +117,8 @@ class TrialRunner:
             return self._rejected(trial, f"impossible configuration, not trained: {e}")
         config_dict = config.to_dict()
         # The duplicate check reads the study while the model is built; training waits for it.
-        duplicate = self._on_the_side(lambda: _already_trained(trial, config_dict), aside=True)
+        duplicate = self._on_the_side(lambda: _already_trained(trial, config_dict, queued),
+                                      aside=True)
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
         inherited = trial.user_attrs if queued else {}

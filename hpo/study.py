@@ -21,6 +21,7 @@ from hpo import study_records
 from hpo.errors import HpoError
 from hpo.notes import write_stage_note
 from hpo.objectives import parse_objectives
+from hpo.seeding import TrialSeeded
 from search_spaces import DEFAULTS, Stage, get_stage
 
 log = logging.getLogger(__name__)
@@ -358,8 +359,17 @@ class GridUntilBudget(optuna.samplers.GridSampler):
 
 
 def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed: int | None):
+    """``settings.sampler`` for one worker; a seeded one is seeded per trial (hpo.seeding)."""
     name = settings.sampler
-    if settings.exhaustive:
+    if name == "grid" and not settings.exhaustive:
+        # Not seeded per trial: Optuna's grid sampler shuffles the grid by its seed and
+        # workers name points by their index in it, so every worker needs the same order.
+        return GridUntilBudget(stage.grid(frozen), seed=settings.seed or 0)
+    return TrialSeeded(lambda trial_seed: _sampler(name, settings.exhaustive, trial_seed), seed)
+
+
+def _sampler(name: str, exhaustive: bool, seed: int | None) -> optuna.samplers.BaseSampler:
+    if exhaustive:
         # Every point is queued at set-up; the sampler is only asked if the budget is raised.
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -367,10 +377,6 @@ def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed:
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        # Not the worker's own seed: Optuna's grid sampler shuffles the grid by its seed and
-        # workers name points by their index in it, so every worker needs the same order.
-        return GridUntilBudget(stage.grid(frozen), seed=settings.seed or 0)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)

@@ -156,6 +156,7 @@ class _Session:
         from hpo.progress import Progress
         from hpo.reaper import Reaper, ReaperThread
         from hpo.runner import TrialRunner, TrialSpec
+        from hpo.seeding import TrialSeeded
         from hpo.space import possible_points
         from hpo.study import make_pruner, make_sampler, open_study
         from hpo.untried import UntriedPoints
@@ -164,8 +165,8 @@ class _Session:
         study, stage, settings, frozen = open_study(storage, study_name, space, flags, after,
                                                     from_file, freeze_best_so_far,
                                                     default_n_trials)
-        slot = int(os.environ.get("HPO_WORKER_SLOT", "0"))
-        sampler_seed = None if settings.seed is None else settings.seed + slot
+        # Every worker gets the study's seed: samplers draw per trial from it (hpo.seeding).
+        sampler_seed = settings.seed
         study = optuna.load_study(study_name=study_name, storage=storage,
                                   sampler=make_sampler(settings, stage, frozen, sampler_seed),
                                   pruner=make_pruner(settings))
@@ -200,7 +201,8 @@ class _Session:
         else:
             points = None if settings.exhaustive else possible_points(
                 stage, frozen, FALLBACK_POINTS, data.image_size)
-            fallback = UntriedPoints(points, sampler_seed) if points else None
+            fallback = TrialSeeded(lambda seed: UntriedPoints(points, seed), sampler_seed) \
+                if points else None
         loop = WorkerLoop(study, storage, runner, budget, reaper, heartbeat, stop,
                           # Polling while others finish the budget is two small queries:
                           # often enough that a chain's workers move on together.

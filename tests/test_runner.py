@@ -293,3 +293,27 @@ def test_a_trial_failed_under_the_runner_leaves_no_side_write_to_break_the_next(
     assert runner.run(study.ask()).ending.name == "REAPED"
     outcome = runner.run(study.ask())
     assert outcome.ending.name == "COMPLETE", outcome.reason
+
+
+def test_two_fresh_twins_never_both_train_whichever_checks_second():
+    # Defect: a trial gave way only to an earlier twin. Two workers drew one point; the later
+    # trial checked while the earlier had not yet written its parameters and passed, then the
+    # earlier checked and, its twin being later, passed too: both trained one configuration.
+    from hpo.runner import _already_trained
+
+    study = _study()
+    study.enqueue_trial({"lr": 0.5}, skip_if_exists=False)
+    queued = study.ask()
+    study.sampler = optuna.samplers.PartialFixedSampler({"lr": 0.02}, study.sampler)
+    earlier, later = study.ask(), study.ask()
+    for trial in (queued, earlier, later):
+        trial.suggest_float("lr", 1e-7, 100.0, log=True)
+    config = {"lr": 0.02}
+    # The second to check gives way, whichever it is: at most one of them trains.
+    assert _already_trained(earlier, config, queued=False).number == later.number
+    assert _already_trained(later, config, queued=False).number == earlier.number
+    # A queued trial (a retry) keeps its reserved slot: a later twin does not stop it.
+    retry = study.ask()  # a point the sampler proposes, standing for a late retry of 0.02
+    retry.suggest_float("lr", 1e-7, 100.0, log=True)
+    assert _already_trained(queued, {"lr": 0.5}, queued=True) is None
+    assert _already_trained(retry, config, queued=True).number == earlier.number
