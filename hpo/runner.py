@@ -65,8 +65,13 @@ def _already_trained(trial: optuna.Trial, config: dict[str, Any], queued: bool
     queued trial (a retry, a warm start) gives way only to an earlier queued or running twin.
     """
     S = optuna.trial.TrialState
-    for other in trial.study.get_trials(deepcopy=False):
-        if other.number == trial.number:
+    trials = trial.study.get_trials(deepcopy=False)
+    # A retry never gives way to the trials it retries: a stopped worker queues the retry
+    # before it fails the original (hpo.loop), so the original may still be running.
+    me = next((t for t in trials if t.number == trial.number), None)
+    retried = set(me.system_attrs.get("retry_history", [])) if me else set()
+    for other in trials:
+        if other.number == trial.number or other.number in retried:
             continue
         if other.state in (S.COMPLETE, S.PRUNED) and other.user_attrs.get("config") == config:
             return other

@@ -27,8 +27,10 @@ def trial_seed(seed: int, number: int) -> int:
 class TrialSeeded(optuna.samplers.BaseSampler):
     """``build(seed)``'s sampler, built afresh for each trial with that trial's seed.
 
-    The samplers wrapped keep nothing between trials but their random state and caches: what
-    they learn they read from the study.
+    What the wrapped samplers learn they read from the study (CMA-ES its optimizer state too),
+    so a fresh one proposes what the old one would, given its seed. GP alone loses something:
+    the kernel fit it would start from, so each fit starts from scratch (slower, not wrong).
+    Not thread-safe: a worker asks one trial at a time.
     """
 
     def __init__(self, build: Callable[[int | None], optuna.samplers.BaseSampler],

@@ -93,13 +93,17 @@ _RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
 
 
 def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's retry of a trial failed by a stale-trial check, and a log line each side: a
-    trial failed without a retry after it would be lost, so both steps show in the log."""
-    log.info("trial %d of study %r failed: its heartbeat is late; queueing it again",
-             trial.number, study.study_name)
+    """Optuna's retry of a trial failed by a stale-trial check, with a log line each side: a
+    trial failed without its retry after it would be lost, so both steps show in the log."""
+    log.info("trial %d of study %r failed: its heartbeat is late", trial.number,
+             study.study_name)
+    # The retry history Optuna's callback keeps in the trial's system attributes.
+    if len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRIES:
+        log.warning("trial %d of study %r not queued again: its worker died %d times",
+                    trial.number, study.study_name, MAX_RETRIES + 1)
+        return
     _RETRY_STALE(study, trial)
-    log.info("trial %d of study %r queued again (unless retried %d times already)",
-             trial.number, study.study_name, MAX_RETRIES)
+    log.info("trial %d of study %r queued again", trial.number, study.study_name)
 
 
 def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:

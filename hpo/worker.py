@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")
     p.add_argument("--val-fraction", type=between(0, 1, float, open_ends=True),
                    help="share of the training set held out for validation (default 0.1)")
-    p.add_argument("--seed", type=at_least(0), help="training seed; also seeds the sampler (+ slot index)")
+    p.add_argument("--seed", type=at_least(0), help="training seed; the sampler draws each trial from it and the trial's number")
     p.add_argument("--after", help="study whose best trial to freeze from (default: the stage "
                                    "this one builds on)")
     p.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")

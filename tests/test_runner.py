@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import optuna
 import pytest
@@ -302,18 +303,38 @@ def test_two_fresh_twins_never_both_train_whichever_checks_second():
     from hpo.runner import _already_trained
 
     study = _study()
-    study.enqueue_trial({"lr": 0.5}, skip_if_exists=False)
-    queued = study.ask()
     study.sampler = optuna.samplers.PartialFixedSampler({"lr": 0.02}, study.sampler)
     earlier, later = study.ask(), study.ask()
-    for trial in (queued, earlier, later):
+    for trial in (earlier, later):
         trial.suggest_float("lr", 1e-7, 100.0, log=True)
-    config = {"lr": 0.02}
     # The second to check gives way, whichever it is: at most one of them trains.
-    assert _already_trained(earlier, config, queued=False).number == later.number
-    assert _already_trained(later, config, queued=False).number == earlier.number
-    # A queued trial (a retry) keeps its reserved slot: a later twin does not stop it.
-    retry = study.ask()  # a point the sampler proposes, standing for a late retry of 0.02
-    retry.suggest_float("lr", 1e-7, 100.0, log=True)
+    assert _already_trained(earlier, {"lr": 0.02}, queued=False).number == later.number
+    assert _already_trained(later, {"lr": 0.02}, queued=False).number == earlier.number
+
+
+def test_a_queued_trial_keeps_its_slot_against_later_twins_and_its_own_original():
+    from hpo.runner import _already_trained
+
+    study = _study()
+    study.enqueue_trial({"lr": 0.5}, skip_if_exists=False)
+    queued = study.ask()
+    study.sampler = optuna.samplers.PartialFixedSampler({"lr": 0.5}, study.sampler)
+    fresh = study.ask()
+    for trial in (queued, fresh):
+        trial.suggest_float("lr", 1e-7, 100.0, log=True)
     assert _already_trained(queued, {"lr": 0.5}, queued=True) is None
-    assert _already_trained(retry, config, queued=True).number == earlier.number
+    assert _already_trained(fresh, {"lr": 0.5}, queued=False).number == queued.number
+
+    # Defect: a stopped worker queues its trial's retry before failing the original; a worker
+    # that took the retry in that gap saw the original running with its parameters, and the
+    # retry gave way to it: the point was lost.
+    study.sampler = optuna.samplers.PartialFixedSampler({"lr": 0.07}, study.sampler)
+    original = study.ask()
+    original.suggest_float("lr", 1e-7, 100.0, log=True)
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(  # what the loop does on a stop
+            study, next(t for t in study.get_trials() if t.number == original.number))
+    retry = study.ask()
+    assert retry.params == {"lr": 0.07}
+    assert _already_trained(retry, {"lr": 0.07}, queued=True) is None

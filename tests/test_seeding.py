@@ -36,14 +36,18 @@ def _asks(workers: list[optuna.Study], rounds: int, tell: bool) -> list[dict]:
     return drawn
 
 
+@pytest.mark.parametrize("history", [0, 12])
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_workers_started_alike_propose_different_points(tmp_path, sampler):
+def test_workers_started_alike_propose_different_points(tmp_path, sampler, history):
     # Defect: every process seeded its sampler with the study's seed, so workers started with
     # one command (several machines, a SLURM array) drew one sequence: each proposed the point
-    # the others proposed, and all but one were refused as already trained.
+    # the others proposed, and all but one were refused as already trained. With a history of
+    # 12 finished trials the model-based samplers are past their random start-up.
     storage = f"sqlite:///{tmp_path / 's.db'}"
     optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    drawn = _asks(_workers(storage, sampler, 3), rounds=2, tell=False)
+    workers = _workers(storage, sampler, 3)
+    _asks(workers[:1], rounds=history, tell=True)
+    drawn = _asks(workers, rounds=2, tell=False)
     assert len({repr(sorted(p.items())) for p in drawn}) == len(drawn), drawn
 
 
