@@ -2,10 +2,11 @@
 
 A sampler seeded once per process draws one sequence in every process given the same seed.
 Workers started alike (on several machines, as a SLURM array, by hand) then propose the same
-points at the same moments, and all but one of each are refused as already trained: 12 to 16
-refusals in 32 trials with 16 workers, and a crashed trial's retry refused as a duplicate of a
-twin that trained beside it. Seeding each trial's draws from (study seed, trial number) keeps a
-one-worker run reproducible and sets concurrent workers apart: no two trials share a number.
+points at the same moments, and all but one of each are refused as already trained (11 to 18
+refusals per run of 16 workers sharing a budget of 32 trials), and a crashed trial's retry was
+refused as a duplicate of a twin that trained beside it. Seeding each trial's draws from (study
+seed, trial number) keeps a one-worker run reproducible and sets concurrent workers apart: no
+two trials share a number.
 """
 
 from __future__ import annotations

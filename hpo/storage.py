@@ -87,9 +87,8 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
-MAX_RETRIES = 3  # a trial whose worker died this many times is left failed
-_RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
-                                                inherit_intermediate_values=True)
+MAX_RETRIES = 3  # a trial retried this many times is left failed (checked in _requeue_stale)
+_RETRY_STALE = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
 
 
 def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -166,9 +166,8 @@ class _Session:
                                                     from_file, freeze_best_so_far,
                                                     default_n_trials)
         # Every worker gets the study's seed: samplers draw per trial from it (hpo.seeding).
-        sampler_seed = settings.seed
         study = optuna.load_study(study_name=study_name, storage=storage,
-                                  sampler=make_sampler(settings, stage, frozen, sampler_seed),
+                                  sampler=make_sampler(settings, stage, frozen, settings.seed),
                                   pruner=make_pruner(settings))
         reaper = Reaper(storage)
         reaper.reap(study, force=True)  # pick up what dead workers left behind
@@ -201,7 +200,7 @@ class _Session:
         else:
             points = None if settings.exhaustive else possible_points(
                 stage, frozen, FALLBACK_POINTS, data.image_size)
-            fallback = TrialSeeded(lambda seed: UntriedPoints(points, seed), sampler_seed) \
+            fallback = TrialSeeded(lambda seed: UntriedPoints(points, seed), settings.seed) \
                 if points else None
         loop = WorkerLoop(study, storage, runner, budget, reaper, heartbeat, stop,
                           # Polling while others finish the budget is two small queries:

@@ -153,3 +153,21 @@ def test_heartbeat_thread_beats_soon_after_a_claim_and_not_for_a_trial_already_o
         assert beats()[ids[0]] is None  # its beat would have been due before the second's
     finally:
         heartbeat.stop()
+
+
+@pytest.mark.parametrize("retried_before, queued", [(0, True), (2, True), (3, False)])
+def test_a_stale_trial_is_queued_again_until_its_retry_limit(retried_before, queued):
+    from hpo.storage import MAX_RETRIES, _requeue_stale
+
+    assert MAX_RETRIES == 3
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(
+        state=TrialState.FAIL, params={"x": 0.5},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+        system_attrs={"retry_history": list(range(retried_before))} if retried_before else {}))
+    _requeue_stale(study, study.trials[0])
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == int(queued)
+    if queued:
+        assert waiting[0].params == {"x": 0.5}
+        assert len(waiting[0].system_attrs["retry_history"]) == retried_before + 1
