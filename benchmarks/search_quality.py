@@ -19,16 +19,23 @@ Targets (median of the seeds): the chain matches the hand arm's best within at m
 the hand arm's epochs; the chain's per-stage best never decreases; every winner re-trains to its
 recorded validation accuracy within 0.005.
 
-CPU-sized defaults. On 2 cores, per seed: the chain about 15-25 min, joint about an hour for 300
-epochs, the hand arm several hours (its stage 5 grid alone is 360 trials of the network stage 3
-froze, 11 s an epoch for 64-128-512 filters); ``--dir`` lets a run stop and go on. On a
-GPU, e.g. ``--train-size 45000 --val-fraction 0.1 --epochs 15 --jobs 4 --threads 0 --device cuda``.
+``--variant LABEL=FLAGS`` adds an arm ``chain-LABEL``: the chain with other hpo-worker flags
+(another pruner, base or per-stage budget), compared with the default chain at equal epochs
+through each arm's best-after-every-50-epochs curve.
+
+CPU-sized defaults. On 2 cores, per seed: the chain about 15-35 min, joint about an hour for 300
+epochs, the hand arm about 7 hours (its stage 5 grid is ~310 distinct trials of the network
+stage 4 froze, 33 s an epoch for 64-128-512 filters with 4x4 kernels on seed 0); ``--dir`` lets
+a run stop and go on. On a GPU, e.g.
+``--train-size 45000 --val-fraction 0.1 --epochs 15 --jobs 4 --threads 0 --device cuda``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -112,8 +119,6 @@ def retrain(db: Path, study: str, device: str, threads: int) -> dict:
                          env=subprocess_env(threads))
     if run.returncode != 0:
         raise SystemExit(f"hpo train of {study} exited {run.returncode}: {run.stderr[-500:]}")
-    import re
-
     val = re.search(r"^validation accuracy ([0-9.]+) \(last epoch", run.stdout, re.M)
     test = re.search(r"test accuracy ([0-9.]+)", run.stdout)
     return {"recorded_val_acc": doc["value"], "retrain_val_acc": float(val.group(1)),
@@ -135,6 +140,8 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
             extra = ["--chain", "--chain-name", "hand", "--sampler", "grid", "--pruner", "none"]
         elif arm == "chain":
             extra = ["--chain"]
+        elif arm.startswith("chain-"):
+            extra = ["--chain", *shlex.split(args.variants[arm])]
         else:
             extra = ["--study", "joint", "--sampler", "tpe", "--pruner", "hyperband",
                      "--n-trials", str(sum(TRIALS.values()))]
@@ -144,7 +151,7 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
                   **summary(db, hand_best if arm != "hand" else None)}
         if not args.no_retrain and record["best_study"]:
             record["winner"] = retrain(db, record["best_study"], args.device, args.threads)
-        if arm == "chain":
+        if arm.startswith("chain"):
             bests = [v for v in record["per_stage_best"].values() if v is not None]
             order = [record["per_stage_best"][k] for k in sorted(
                 record["per_stage_best"], key=lambda n: n.split(".")[-1]) if "." in k]
@@ -160,6 +167,11 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated (default %(default)s)")
     p.add_argument("--arms", default="hand,chain,joint", help="default %(default)s (hand first: "
                    "the others are measured against its best)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                   help="one more arm, chain-LABEL: the chain with these hpo-worker flags, e.g. "
+                        "median='--pruner median' or base='--from benchmarks/bases/"
+                        "bn_cosine_flip.json'; repeat for more (item 5: defaults at equal "
+                        "epochs)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (default %(default)s)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default %(default)s)")
     p.add_argument("--device", default="cpu")
@@ -177,7 +189,15 @@ def main() -> int:
     _studies.add_run_flags(p, train_size=4500)
     args = p.parse_args()
     args.dataset = resolve_dataset(args.dataset)
-    args.arms = [a.strip() for a in args.arms.split(",")]
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    args.variants = {}
+    for spec in args.variant:
+        label, sep, flags = spec.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", label):
+            p.error(f"--variant {spec!r} is invalid; allowed: LABEL=FLAGS with a LABEL of "
+                    "letters, digits and '_'")
+        args.variants[f"chain-{label}"] = flags
+    args.arms += [a for a in args.variants if a not in args.arms]
     _studies.setup_logging()
     if args.summarise:
         if args.dir is None:
