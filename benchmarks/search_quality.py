@@ -4,9 +4,11 @@
 Arms, each the real ``hpo-worker`` in its own SQLite database, per seed:
 
 - ``hand``: the reports' process: every stage's grid (``--chain --sampler grid --pruner none``),
-  one stage after another, each freezing the best of the one before (no warm start, no pruning).
+  one stage after another, each freezing the best of the one before (no warm start, no pruning),
+  from the reports' start (``--from benchmarks/bases/reports.json``: no batch norm, schedule or
+  flips until stages 6 and 8 search them).
 - ``chain``: ``hpo-worker --chain`` with its defaults (TPE, Hyperband, the chain's per-stage
-  budgets, warm starts, exhaustive small stages).
+  budgets, warm starts, exhaustive small stages, its base with batch norm, cosine and flips).
 - ``joint``: TPE over the ``joint`` space (every knob at once) with the chain's pruner and as
   many trials as the chain's budgets add up to.
 
@@ -137,7 +139,9 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
     for arm in args.arms:
         db = tmp / f"{arm}-{seed}.db"
         if arm == "hand":
-            extra = ["--chain", "--chain-name", "hand", "--sampler", "grid", "--pruner", "none"]
+            # From the reports' start too: no batch norm, schedule or flips until stages 6 and 8.
+            extra = ["--chain", "--chain-name", "hand", "--sampler", "grid", "--pruner", "none",
+                     "--from", "benchmarks/bases/reports.json"]
         elif arm == "chain":
             extra = ["--chain"]
         elif arm.startswith("chain-"):
@@ -169,8 +173,8 @@ def main() -> int:
                    "the others are measured against its best)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                    help="one more arm, chain-LABEL: the chain with these hpo-worker flags, e.g. "
-                        "median='--pruner median' or base='--from benchmarks/bases/"
-                        "bn_cosine_flip.json'; repeat for more (item 5: defaults at equal "
+                        "median='--pruner median' or reports='--from benchmarks/bases/"
+                        "reports.json'; repeat for more (item 5: defaults at equal "
                         "epochs)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (default %(default)s)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default %(default)s)")

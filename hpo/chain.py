@@ -17,6 +17,7 @@ import optuna
 
 from hpo import study_records
 from hpo.errors import HpoError
+from search_spaces import DEFAULTS as STAGE_DEFAULTS
 from search_spaces import Stage, all_stages, get_stage
 
 BUILT_IN = ("stage1_layers", "stage8_schedule")
@@ -28,6 +29,11 @@ TRIALS = {"stage1_layers": 20, "stage2_fc": 17, "stage3_filters": 12, "stage4_co
           "stage5_regularization": 20, "stage6_batchnorm": 4, "stage7_optimizer": 12,
           "stage8_schedule": 20}
 DEFAULTS = {"epochs": 10, "sampler": "tpe", "pruner": "hyperband"}
+# Where a chain's stage has nothing to freeze (its first stage, unless --from names a file), it
+# starts from the documented defaults plus batch norm in the conv layers, a cosine schedule and
+# random flips: at equal epochs that start stayed ahead of the plain defaults on every seed
+# measured (BENCHMARKS.md section 4). Stages 6 and 8 still search those knobs.
+BASE = {**STAGE_DEFAULTS, "conv_batchnorm": True, "scheduler": "cosine", "flip": True}
 # What a chain's workers must agree on (hpo.study.Settings fields, less the per-stage budget).
 SHARED = ("dataset", "train_size", "val_fraction", "epochs", "n_trials", "sampler", "pruner",
           "seed", "objectives", "bf16", "matmul_precision")

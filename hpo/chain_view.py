@@ -62,7 +62,7 @@ def chain_views(storage) -> list[ChainView]:
 def _froze(attrs: dict[str, Any]) -> str:
     origin = attrs.get("frozen_from") or {}
     if origin.get("defaults"):
-        return "defaults"
+        return "the chain's base" if origin.get("base") == "chain" else "defaults"
     if origin.get("file"):
         return f"file {origin['file']}"
     value = origin.get("value")

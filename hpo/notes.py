@@ -48,10 +48,18 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def defaults_source(origin: dict[str, Any]) -> str:
+    """Which defaults a study froze, for its log line and note."""
+    if origin.get("base") == "chain":
+        return ("the chain's starting point (`hpo/chain.py` BASE: the documented defaults plus "
+                "batch norm in the conv layers, a cosine schedule and random flips)")
+    return "the documented defaults (`search_spaces/_stage.py` DEFAULTS)"
+
+
 def _origin(frozen_from: dict[str, Any]) -> str:
     if frozen_from.get("defaults"):
-        return (f"the documented defaults (`search_spaces/_stage.py` DEFAULTS); reason: "
-                f"{frozen_from.get('reason', 'no predecessor')}")
+        reason = frozen_from.get("reason", "no predecessor")
+        return f"{defaults_source(frozen_from)}; reason: {reason}"
     if frozen_from.get("file"):
         source = f"the export file `{frozen_from['file']}`"
         if frozen_from.get("study") is not None:

@@ -19,7 +19,7 @@ import optuna
 from hpo.config import config_from_document, load_json
 from hpo import study_records
 from hpo.errors import HpoError
-from hpo.notes import write_stage_note
+from hpo.notes import defaults_source, write_stage_note
 from hpo.objectives import parse_objectives
 from hpo.seeding import TrialSeeded
 from search_spaces import DEFAULTS, Stage, get_stage
@@ -167,27 +167,35 @@ def joined_settings(study_name: str, stored: dict[str, Any], flags: dict[str, An
 
 
 def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file: str | None,
-                            freeze_best_so_far: bool = False
+                            freeze_best_so_far: bool = False, chain_base: bool = False
                             ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(base config, where it came from): an export file, the predecessor's best trial, or defaults."""
+    """(base config, where it came from): an export file, the predecessor's best trial, or
+    defaults (a chain's own starting point, ``hpo.chain.BASE``, where ``chain_base``)."""
+    def defaults(reason: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if chain_base:
+            from hpo.chain import BASE
+
+            return dict(BASE), {"defaults": True, "base": "chain", "reason": reason}
+        return dict(DEFAULTS), {"defaults": True, "reason": reason}
+
     if from_file:
         doc = load_json(from_file)
         config = config_from_document(doc, from_file).to_dict()
         return config, {"file": from_file, "study": doc.get("study"), "trial": doc.get("trial")}
     predecessor = after or stage.builds_on
     if predecessor is None:
-        return dict(DEFAULTS), {"defaults": True, "reason": f"{stage.name} builds on no stage"}
+        return defaults(f"{stage.name} builds on no stage")
     names = {s.study_name for s in storage.get_all_studies()}
     if predecessor not in names:
         if after:
             raise HpoError(f"--after {after!r}: no such study; studies here: "
                            f"{', '.join(sorted(names)) or 'none'}")
-        return dict(DEFAULTS), {"defaults": True, "reason": f"no study {predecessor!r}"}
+        return defaults(f"no study {predecessor!r}")
     prev = optuna.load_study(study_name=predecessor, storage=storage)
     wait_for_predecessor(prev, stage.name, freeze_best_so_far)
     best = best_complete_trial(prev)
     if best is None:
-        return dict(DEFAULTS), {"defaults": True, "reason": f"{predecessor!r} has no finished trial"}
+        return defaults(f"{predecessor!r} has no finished trial")
     log.info("freezing everything %s does not search to %s trial %d (value %.4f)",
              stage.name, predecessor, best.number, best.values[0])
     return dict(best.user_attrs["config"]), {"study": predecessor, "trial": best.number,
@@ -245,7 +253,8 @@ def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
 
 def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any],
                after: str | None = None, from_file: str | None = None,
-               freeze_best_so_far: bool = False, default_n_trials: int | None = None
+               freeze_best_so_far: bool = False, default_n_trials: int | None = None,
+               chain_base: bool = False
                ) -> tuple[optuna.Study, Stage, Settings, dict[str, Any]]:
     """Create or join a study; return it with its stage, settings and frozen base config.
 
@@ -265,7 +274,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     if study_name not in existing:
         # Checked before create_study, so that a failing command leaves no study behind.
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
-                                                 freeze_best_so_far)
+                                                 freeze_best_so_far, chain_base)
         settings, points = new_settings(stage, flags, frozen, default_n_trials)
         objectives = parse_objectives(settings.objectives)
         try:
@@ -282,7 +291,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         log.info("study %r was created outside hpo; setting it up as stage %s", study_name,
                  stage.name)
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
-                                                 freeze_best_so_far)
+                                                 freeze_best_so_far, chain_base)
         settings, points = new_settings(stage, flags, frozen, default_n_trials)
         _set_up(storage, study, stage, settings, frozen, origin, after, points)
         return study, stage, settings, frozen
@@ -313,8 +322,8 @@ def _set_up(storage, study: optuna.Study, stage: Stage, settings: Settings, froz
     if origin.get("defaults"):
         # Expected for a first stage; worth a warning when a predecessor was meant to exist.
         level = logging.INFO if (after or stage.builds_on) is None else logging.WARNING
-        log.log(level, "%s: %s; using the documented defaults (search_spaces/_stage.py "
-                "DEFAULTS)", study.study_name, origin["reason"])
+        log.log(level, "%s: %s; using %s", study.study_name, origin["reason"],
+                defaults_source(origin))
 
 
 def _enqueue_start(study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
@@ -331,7 +340,8 @@ def _enqueue_start(study: optuna.Study, stage: Stage, settings: Settings, frozen
                for t in study.get_trials(deepcopy=False)]
     warm = inherited_params(stage, frozen)
     if warm is not None and not present:
-        source = {k: origin[k] for k in ("study", "trial", "file", "defaults") if k in origin}
+        source = {k: origin[k] for k in ("study", "trial", "file", "defaults", "base")
+                  if k in origin}
         study.enqueue_trial(warm, user_attrs={"warm_start": source})
         present.append(warm)
     for params in points or []:

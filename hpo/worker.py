@@ -143,7 +143,7 @@ class _Session:
 
     def run_study(self, study_name: str, space: str | None, flags: dict, after: str | None,
                   from_file: str | None, freeze_best_so_far: bool = False,
-                  default_n_trials: int | None = None) -> None:
+                  default_n_trials: int | None = None, chain_base: bool = False) -> None:
         """Join (or create) one study and run its trials until its budget is spent (nothing
         running elsewhere either), the deadline passes or a stop signal."""
         from hpo.artifacts import ArtifactPublisher
@@ -164,7 +164,7 @@ class _Session:
         args, storage, stop = self.args, self.storage, self.stop
         study, stage, settings, frozen = open_study(storage, study_name, space, flags, after,
                                                     from_file, freeze_best_so_far,
-                                                    default_n_trials)
+                                                    default_n_trials, chain_base)
         # Every worker gets the study's seed: samplers draw per trial from it (hpo.seeding).
         study = optuna.load_study(study_name=study_name, storage=storage,
                                   sampler=make_sampler(settings, stage, frozen, settings.seed),
@@ -283,7 +283,7 @@ def run_chain(session: _Session, stages) -> None:
         session.run_study(name, stage.name, chains.stage_flags(record),
                           after=previous if i else (args.after or previous),
                           from_file=None if i else args.from_file,
-                          default_n_trials=chains.stage_budget(stage, record))
+                          default_n_trials=chains.stage_budget(stage, record), chain_base=True)
         if session.stop.is_set() or session.out_of_time():
             log.info("chain %r: stopped in %s; start the same command again to go on",
                      args.chain_name, name)

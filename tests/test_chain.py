@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import chain as chains
 from hpo import study_records
 from hpo.geometry import is_possible
 from tests.conftest import BIN, REPO, run_cli
@@ -67,7 +68,10 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
         assert all(is_possible(c) for c in configs)
         first = study.trials[0]
         if previous is None:
-            assert first.user_attrs["warm_start"] == {"defaults": True}
+            # The chain starts from its own base (batch norm, cosine, flips), not the reports'.
+            assert first.user_attrs["warm_start"] == {"defaults": True, "base": "chain"}
+            assert study_records.read(storage, study.study_name)["frozen_config"] == \
+                chains.BASE
         else:
             # The stage starts only once its predecessor is finished ...
             assert min(t.datetime_start for t in study.trials) >= \
@@ -114,6 +118,24 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
     assert again.returncode == 0, again.stderr
     assert sum(len(s.trials) for s in _studies(url).values()) == \
         sum(len(s.trials) for s in studies.values())
+
+
+def test_chain_base_is_the_defaults_plus_three_knobs_and_from_replaces_it(tmp_path):
+    from hpo.study import frozen_from_predecessor
+    from search_spaces import DEFAULTS, get_stage
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'x.db'}")
+    stage1 = get_stage("stage1_layers")
+    base, origin = frozen_from_predecessor(storage, stage1, None, None, chain_base=True)
+    assert {k: v for k, v in base.items() if DEFAULTS[k] != v} == \
+        {"conv_batchnorm": True, "scheduler": "cosine", "flip": True}
+    assert origin == {"defaults": True, "base": "chain",
+                      "reason": "stage1_layers builds on no stage"}
+    # A single stage keeps the reports' start; a chain given --from starts from the file.
+    assert frozen_from_predecessor(storage, stage1, None, None)[0] == DEFAULTS
+    reports = REPO / "benchmarks/bases/reports.json"
+    config, origin = frozen_from_predecessor(storage, stage1, None, str(reports), chain_base=True)
+    assert config == DEFAULTS and origin["file"] == str(reports)
 
 
 def test_chain_killed_worker_trial_is_rerun_before_the_next_stage(tmp_path):

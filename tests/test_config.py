@@ -145,16 +145,3 @@ def test_config_from_document_accepts_export_and_names_source():
     assert c.filters == [8, 16]
     with pytest.raises(HpoError, match=r"^best\.json: unknown config field 'nope'"):
         config_from_document({**SMALL, "nope": 1}, "best.json")
-
-
-def test_shipped_chain_base_is_the_defaults_plus_batchnorm_cosine_and_flips():
-    # The README tells users to start a chain from this file: it must load, and change only
-    # the three knobs its name promises.
-    from pathlib import Path
-
-    from search_spaces import DEFAULTS
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks/bases/bn_cosine_flip.json"
-    base = config_from_document(load_json(path), str(path)).to_dict()
-    changed = {k: v for k, v in base.items() if DEFAULTS.get(k) != v}
-    assert changed == {"conv_batchnorm": True, "scheduler": "cosine", "flip": True}
