@@ -121,6 +121,7 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
 
 
 def test_chain_base_is_the_defaults_plus_three_knobs_and_from_replaces_it(tmp_path):
+    from hpo.notes import stage_note
     from hpo.study import frozen_from_predecessor
     from search_spaces import DEFAULTS, get_stage
 
@@ -131,6 +132,7 @@ def test_chain_base_is_the_defaults_plus_three_knobs_and_from_replaces_it(tmp_pa
         {"conv_batchnorm": True, "scheduler": "cosine", "flip": True}
     assert origin == {"defaults": True, "base": "chain",
                       "reason": "stage1_layers builds on no stage"}
+    assert "the chain's starting point" in stage_note(stage1, origin, base)  # the dashboard's
     # A single stage keeps the reports' start; a chain given --from starts from the file.
     assert frozen_from_predecessor(storage, stage1, None, None)[0] == DEFAULTS
     reports = REPO / "benchmarks/bases/reports.json"
