@@ -25,10 +25,11 @@ recorded validation accuracy within 0.005.
 (another pruner, base or per-stage budget), compared with the default chain at equal epochs
 through each arm's best-after-every-50-epochs curve.
 
-CPU-sized defaults. On 2 cores, per seed: the chain about 35-80 min (15-35 from the reports' plain
-start: batch norm leads its stage 3 to wider filters), joint about an hour for 300 epochs, the hand arm about 7 hours (its stage 5 grid is ~310 distinct trials of the network
-stage 4 froze, 33 s an epoch for 64-128-512 filters with 4x4 kernels on seed 0); ``--dir`` lets
-a run stop and go on. On a GPU, e.g.
+CPU-sized defaults. On 2 cores, per seed: the chain about 35-80 min (15-35 from the reports'
+plain start: batch norm leads its stage 3 to wider filters), joint about an hour for 300 epochs,
+the hand arm about 7 hours (its stage 5 grid is ~310 distinct trials of the network stage 4
+froze, 33 s an epoch for 64-128-512 filters with 4x4 kernels on seed 0); ``--dir`` lets a run
+stop and go on. On a GPU, e.g.
 ``--train-size 45000 --val-fraction 0.1 --epochs 15 --jobs 4 --threads 0 --device cuda``.
 """
 
