@@ -18,6 +18,7 @@ import optuna
 
 from hpo.config import config_from_document, load_json
 from hpo import study_records
+from hpo.chain import BASE as CHAIN_BASE
 from hpo.errors import HpoError
 from hpo.notes import defaults_source, write_stage_note
 from hpo.objectives import parse_objectives
@@ -173,9 +174,7 @@ def frozen_from_predecessor(storage, stage: Stage, after: str | None, from_file:
     defaults (a chain's own starting point, ``hpo.chain.BASE``, where ``chain_base``)."""
     def defaults(reason: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if chain_base:
-            from hpo.chain import BASE
-
-            return dict(BASE), {"defaults": True, "base": "chain", "reason": reason}
+            return dict(CHAIN_BASE), {"defaults": True, "base": "chain", "reason": reason}
         return dict(DEFAULTS), {"defaults": True, "reason": reason}
 
     if from_file:
