@@ -174,7 +174,7 @@ def main() -> int:
                    "the others are measured against its best)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                    help="one more arm, chain-LABEL: the chain with these hpo-worker flags, e.g. "
-                        "median='--pruner median' or reports='--from benchmarks/bases/"
+                        "median='--pruner median' or plain='--from benchmarks/bases/"
                         "reports.json'; repeat for more (item 5: defaults at equal "
                         "epochs)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (default %(default)s)")

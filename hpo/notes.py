@@ -13,7 +13,8 @@ from typing import Any
 
 import optuna
 
-from search_spaces import Stage
+from hpo.chain import BASE as CHAIN_BASE
+from search_spaces import DEFAULTS, Stage
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def _value(value: Any) -> str:
 def defaults_source(origin: dict[str, Any]) -> str:
     """Which defaults a study froze, for its log line and note."""
     if origin.get("base") == "chain":
-        return ("the chain's starting point (`hpo/chain.py` BASE: the documented defaults plus "
-                "batch norm in the conv layers, a cosine schedule and random flips)")
+        changed = ", ".join(f"{k} {v}" for k, v in CHAIN_BASE.items() if DEFAULTS.get(k) != v)
+        return (f"the chain's starting point (`hpo/chain.py` BASE: the documented defaults with "
+                f"{changed})")
     return "the documented defaults (`search_spaces/_stage.py` DEFAULTS)"
 
 
