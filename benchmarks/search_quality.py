@@ -26,7 +26,7 @@ recorded validation accuracy within 0.005.
 through each arm's best-after-every-50-epochs curve.
 
 CPU-sized defaults. On 2 cores, per seed: the chain about 35-80 min (15-35 from the reports'
-plain start: batch norm leads its stage 3 to wider filters), joint about an hour for 300 epochs,
+plain start: batch norm leads its stage 3 to wider filters), joint 1-2 hours (its wide networks),
 the hand arm about 7 hours (its stage 5 grid is ~310 distinct trials of the network stage 4
 froze, 33 s an epoch for 64-128-512 filters with 4x4 kernels on seed 0); ``--dir`` lets a run
 stop and go on. On a GPU, e.g.
