@@ -40,6 +40,7 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -60,15 +61,38 @@ def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path
         "--val-fraction", str(args.val_fraction), "--epochs", str(args.epochs),
         "--seed", str(seed), "--devices", args.device, "--jobs-per-device", str(args.jobs),
         "--checkpoint-every", "0", "--quiet", *extra]
+    if args.stop_at_epochs is not None and db.exists() and epochs_trained(db) >= args.stop_at_epochs:
+        _studies.log.info("seed %d, arm %s: already at --stop-at-epochs", seed, arm)
+        return 0.0
     _studies.log.info("seed %d, arm %s: %s", seed, arm, " ".join(cmd[1:]))
     t0 = time.perf_counter()
-    with open(log_dir / f"{arm}-{seed}.log", "w") as out:
-        rc = subprocess.call(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                             env=subprocess_env(args.threads))
+    with open(log_dir / f"{arm}-{seed}.log", "a") as out:
+        worker = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                  env=subprocess_env(args.threads))
+        rc = wait_or_stop(worker, db, args.stop_at_epochs)
     if rc != 0:
         tail = (log_dir / f"{arm}-{seed}.log").read_text().splitlines()[-15:]
         raise SystemExit(f"{arm} (seed {seed}) exited {rc}:\n" + "\n".join(tail))
     return time.perf_counter() - t0
+
+
+def wait_or_stop(worker: subprocess.Popen, db: Path, stop_at: int | None) -> int:
+    """Wait for the arm's workers; with ``stop_at``, stop them (SIGTERM, as a user would) once
+    the arm has trained that many epochs, so arms are compared at equal compute. A trial
+    interrupted by the stop is queued for retry: a later run with a higher limit resumes it."""
+    while True:
+        try:
+            return worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            if stop_at is not None and db.exists() and epochs_trained(db) >= stop_at:
+                _studies.log.info("%s: %d epochs trained, stopping its workers", db.name, stop_at)
+                worker.send_signal(signal.SIGTERM)
+                return worker.wait()
+
+
+def epochs_trained(db: Path) -> int:
+    return sum(len(t.user_attrs.get("history", [])) for ts in trials_of(db).values()
+               for t in ts if t.datetime_complete)
 
 
 def trials_of(db: Path) -> dict[str, list]:
@@ -180,6 +204,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (default %(default)s)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default %(default)s)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--stop-at-epochs", type=int, metavar="N",
+                   help="stop each arm once it has trained N epochs (arms compared at equal "
+                        "compute; a later run with --dir and a higher N goes on from there)")
     p.add_argument("--no-retrain", action="store_true")
     p.add_argument("--hand-best", type=float,
                    help="the hand arm's best validation accuracy from an earlier run, when "
