@@ -158,6 +158,7 @@ def retrain(db: Path, study: str, device: str, threads: int) -> dict:
 
 
 def one_seed(seed: int, args, tmp: Path) -> dict:
+    from hpo.chain import DEFAULTS as CHAIN
     from hpo.chain import TRIALS
 
     records = {}
@@ -172,7 +173,7 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
         elif arm.startswith("chain-"):
             extra = ["--chain", *shlex.split(args.variants[arm])]
         else:
-            extra = ["--study", "joint", "--sampler", "tpe", "--pruner", "hyperband",
+            extra = ["--study", "joint", "--sampler", "tpe", "--pruner", CHAIN["pruner"],
                      "--n-trials", str(sum(TRIALS.values()))]
         wall = run_arm(arm, db, args, seed, extra, tmp)
         hand_best = records.get("hand", {}).get("best_val_acc", args.hand_best)
