@@ -231,6 +231,24 @@ def test_chain_name_taken_with_other_settings_is_refused(tmp_path):
     assert [s.study_name for s in optuna.storages.RDBStorage(url).get_all_studies()] == ["mine"]
 
 
+def test_chain_default_pruner_is_median_and_an_older_chain_keeps_its_own(tmp_path):
+    """A changed default must not refuse, or silently re-prune, a chain created before it: a
+    worker started without --pruner joins with the chain's stored pruner."""
+    from hpo.chain import open_chain, parse_chain
+    from hpo.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
+    stages = parse_chain("stage6_batchnorm..stage8_schedule")
+    try:
+        assert open_chain(storage, "new", stages, {})["pruner"] == "median"
+        open_chain(storage, "old", stages, {"pruner": "hyperband"})
+        joined = open_chain(storage, "old", stages, {"pruner": None})
+        assert joined["pruner"] == "hyperband"
+        assert chains.stage_flags(joined)["pruner"] == "hyperband"
+    finally:
+        storage.dispose()
+
+
 def test_chain_and_study_together_is_refused(tmp_path):
     result = run_cli("hpo-worker", "--chain", "--study", "stage1_layers", cwd=tmp_path)
     assert result.returncode == 2 and "--study NAME" in result.stderr
