@@ -7,8 +7,9 @@ Arms, each the real ``hpo-worker`` in its own SQLite database, per seed:
   one stage after another, each freezing the best of the one before (no warm start, no pruning),
   from the reports' start (``--from benchmarks/bases/reports.json``: no batch norm, schedule or
   flips until stages 6 and 8 search them).
-- ``chain``: ``hpo-worker --chain`` with its defaults (TPE, Hyperband, the chain's per-stage
-  budgets, warm starts, exhaustive small stages, its base with batch norm, cosine and flips).
+- ``chain``: ``hpo-worker --chain`` with its defaults (TPE, the median pruner, the chain's
+  per-stage budgets, warm starts, exhaustive small stages, its base with batch norm, cosine and
+  flips).
 - ``joint``: TPE over the ``joint`` space (every knob at once) with the chain's pruner and as
   many trials as the chain's budgets add up to.
 
@@ -61,7 +62,8 @@ def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path
         "--val-fraction", str(args.val_fraction), "--epochs", str(args.epochs),
         "--seed", str(seed), "--devices", args.device, "--jobs-per-device", str(args.jobs),
         "--checkpoint-every", "0", "--quiet", *extra]
-    if args.stop_at_epochs is not None and db.exists() and epochs_trained(db) >= args.stop_at_epochs:
+    stop_at = args.stop_at_epochs
+    if stop_at is not None and db.exists() and epochs_trained(db) >= stop_at:
         _studies.log.info("seed %d, arm %s: already at --stop-at-epochs", seed, arm)
         return 0.0
     _studies.log.info("seed %d, arm %s: %s", seed, arm, " ".join(cmd[1:]))
