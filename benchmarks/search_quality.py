@@ -71,7 +71,7 @@ def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path
     with open(log_dir / f"{arm}-{seed}.log", "a") as out:
         worker = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                                   env=subprocess_env(args.threads))
-        rc = wait_or_stop(worker, db, args.stop_at_epochs)
+        rc = wait_or_stop(worker, db, stop_at)
     if rc != 0:
         tail = (log_dir / f"{arm}-{seed}.log").read_text().splitlines()[-15:]
         raise SystemExit(f"{arm} (seed {seed}) exited {rc}:\n" + "\n".join(tail))
@@ -87,7 +87,8 @@ def wait_or_stop(worker: subprocess.Popen, db: Path, stop_at: int | None) -> int
             return worker.wait(timeout=15)
         except subprocess.TimeoutExpired:
             if stop_at is not None and db.exists() and epochs_trained(db) >= stop_at:
-                _studies.log.info("%s: %d epochs trained, stopping its workers", db.name, stop_at)
+                _studies.log.info("%s: at least %d epochs trained, stopping its workers", db.name,
+                                  stop_at)
                 worker.send_signal(signal.SIGTERM)
                 return worker.wait()
 
