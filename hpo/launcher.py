@@ -13,6 +13,7 @@ import sys
 from hpo.errors import HpoError
 
 log = logging.getLogger("hpo.launcher")
+STEP_S = 0.5  # Popen.wait polls in sleeps of at most 50 ms within each step
 
 
 @dataclasses.dataclass
@@ -61,6 +62,21 @@ def plan_slots(devices: str, jobs_per_device: int) -> list[Slot]:
     return slots
 
 
+def _wait_responsive(child: subprocess.Popen) -> int:
+    """Wait for a child in short steps, never in one blocking waitpid.
+
+    torch leaves a helper thread in this process, and the kernel may hand a stop signal to it
+    (it does while the main thread blocks signals, as subprocess does around each fork). The
+    Python handler then runs only once the main thread returns to the interpreter, which a
+    waitpid on a worker with hours of training left would not do until that worker exits.
+    """
+    while True:
+        try:
+            return child.wait(timeout=STEP_S)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def supervise(slots: list[Slot], argv: list[str]) -> int:
     """Run one child per slot; forward stop signals; non-zero if any child failed.
 
@@ -100,7 +116,7 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
                  f" (GPU {slot.visible_devices})" if slot.visible_devices else "")
     if stopping and len(children) < len(slots):
         log.warning("start-up stopped after %d of %d workers", len(children), len(slots))
-    codes = [child.wait() for child in children]
+    codes = [_wait_responsive(child) for child in children]
     # A child killed by the very signal we forwarded (before its own handler was installed)
     # stopped as asked: it held no trial yet, so it did not fail.
     failed = [(i, c) for i, c in enumerate(codes) if c != 0 and -c not in stopping]
