@@ -67,8 +67,8 @@ def _wait_responsive(child: subprocess.Popen) -> int:
 
     torch leaves a helper thread in this process, and the kernel may hand a stop signal to it
     (it does while the main thread blocks signals, as subprocess does around each fork). The
-    Python handler then runs only once the main thread returns to the interpreter, which a
-    waitpid on a worker with hours of training left would not do until that worker exits.
+    Python handler then runs only when the main thread next takes the GIL back, which one
+    blocking waitpid on a worker with hours of training left does only when that worker exits.
     """
     while True:
         try:
