@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from tests.conftest import BIN, REPO
-from tests.workers import wait_for, worker_env
+from tests.workers import start_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.slow
 SLOTS = 4
@@ -27,6 +27,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _slot_pids(launcher_log: str) -> list[int]:
+    return [int(p) for p in re.findall(r"slot \d+: pid (\d+)", launcher_log)]
+
+
 @pytest.mark.parametrize("after_slots", [1, 2, 3])
 def test_sigterm_during_start_up_leaves_no_worker_running(sqlite_url, tmp_path, after_slots):
     log = tmp_path / "launcher.log"
@@ -38,12 +42,12 @@ def test_sigterm_during_start_up_leaves_no_worker_running(sqlite_url, tmp_path, 
         launcher = subprocess.Popen(command, env=worker_env(), stdout=out,
                                     stderr=subprocess.STDOUT, cwd=REPO)
     # The moment: once the launcher has its handlers and has started `after_slots` children.
-    wait_for(lambda: len(re.findall(r"slot \d+: pid", log.read_text())) >= after_slots,
+    wait_for(lambda: len(_slot_pids(log.read_text())) >= after_slots,
              60, f"{after_slots} worker(s) started", interval=0.01)
     launcher.send_signal(signal.SIGTERM)
     code = launcher.wait(timeout=180)
     text = log.read_text()
-    pids = [int(p) for p in re.findall(r"slot \d+: pid (\d+)", text)]
+    pids = _slot_pids(text)
     assert code == 0, text
     assert len(pids) <= SLOTS
     wait_for(lambda: not any(_alive(p) for p in pids), 30, "every worker to be gone")
@@ -67,27 +71,20 @@ def test_sigterm_taken_by_a_helper_thread_still_stops_the_workers(sqlite_url, tm
     log = tmp_path / "launcher.log"
     # Unpruned 50-epoch trials and a budget far beyond the deadline below: only a launcher that
     # acts on the signal stops before it.
-    command = [str(BIN / "hpo-worker"), "--study", "helper", "--space", "tiny",
-               "--storage", sqlite_url, "--artifacts", str(tmp_path / "a"), "--devices", "cpu",
-               "--jobs-per-device", "2", "--n-trials", "1000", "--epochs", "50",
-               "--pruner", "none", "--train-size", "300"]
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(command, env=worker_env(), stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=REPO)
+    launcher = start_worker(sqlite_url, "helper", "--jobs-per-device", "2", "--n-trials", "1000",
+                            "--epochs", "50", "--pruner", "none", "--train-size", "300",
+                            artifacts=str(tmp_path / "a"), log_path=log)
     try:
-        wait_for(lambda: len(re.findall(r"slot \d+: pid", log.read_text())) >= 2, 60,
-                 "both workers started")
+        wait_for(lambda: len(_slot_pids(log.read_text())) >= 2, 60, "both workers started")
         helpers = wait_for(lambda: _helper_threads(launcher.pid), 30, "a helper thread")
         assert tgkill(launcher.pid, helpers[0], signal.SIGTERM) == 0, ctypes.get_errno()
         code = launcher.wait(timeout=120)
     finally:
         if launcher.poll() is None:
-            for pid in [launcher.pid, *map(int, re.findall(r"slot \d+: pid (\d+)",
-                                                           log.read_text()))]:
+            for pid in [launcher.pid, *_slot_pids(log.read_text())]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     text = log.read_text()
     assert code == 0, text
     assert "SIGTERM received: stopping 2 workers" in text, text
-    pids = [int(p) for p in re.findall(r"slot \d+: pid (\d+)", text)]
-    wait_for(lambda: not any(_alive(p) for p in pids), 30, "every worker to be gone")
+    wait_for(lambda: not any(_alive(p) for p in _slot_pids(text)), 30, "every worker to be gone")
