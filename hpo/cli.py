@@ -120,12 +120,10 @@ def cmd_create_study(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
+    from hpo.stage_budgets import table
     from search_spaces import all_stages
 
-    stages = all_stages().values()
-    print(f"{'stage':<24}{'builds on':<24}{'trials':>7}{'epochs':>7}  description")
-    for s in stages:
-        print(f"{s.name:<24}{s.builds_on or '-':<24}{s.n_trials:>7}{s.epochs:>7}  {s.description}")
+    print(table(list(all_stages().values())))
     return 0
 
 

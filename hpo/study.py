@@ -54,6 +54,7 @@ class Settings:
     exhaustive: bool = False  # a finite space no larger than the budget: every point once
 
 
+CREATED_BY = "created_by"  # user attribute written first when hpo sets a study up
 SETTING_FLAGS = ("dataset", "epochs", "train_size", "val_fraction", "seed", "n_trials", "sampler",
                  "pruner", "objectives", "bf16", "matmul_precision")
 
@@ -122,22 +123,24 @@ def preflight(url: str, study_name: str, space: str | None, flags: dict[str, Any
 
 
 def new_settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any],
-                 default_n_trials: int | None = None
+                 default_n_trials: int | None = None, image_size: int | None = None
                  ) -> tuple[Settings, list[dict[str, Any]] | None]:
     """A new study's settings (flags over the stage's defaults), and the points to enqueue when
-    its space is finite and no larger than the budget (then the budget is the space's size)."""
+    its space is finite and no larger than the budget (then the budget is the space's size).
+    ``image_size`` given (``hpo stages``): the dataset is not read."""
     from hpo.space import possible_points
 
     given = {k: v for k, v in flags.items() if v is not None}
+    size = lambda: image_size or _image_size(settings.dataset)  # noqa: E731
     settings = Settings(**{"stage": stage.name, "epochs": stage.epochs,
                            "n_trials": default_n_trials or stage.n_trials, **given})
     if not parse_objectives(settings.objectives).single:
         settings.pruner = "none"
     if settings.sampler == "grid":
         if flags.get("n_trials") is None:  # every distinct, possible point once
-            settings.n_trials = grid_size(stage, frozen, _image_size(settings.dataset))
+            settings.n_trials = grid_size(stage, frozen, size())
         return settings, None
-    points = possible_points(stage, frozen, settings.n_trials, _image_size(settings.dataset))
+    points = possible_points(stage, frozen, settings.n_trials, size())
     if points is not None:
         if len(points) < settings.n_trials:
             log.info("%s: its space has %d possible points, fewer than the budget of %d: each is "
@@ -242,7 +245,9 @@ def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
         stored = study.user_attrs
         if "stage" in stored:
             return stored
-        if "setting_up" not in stored and time.monotonic() - start > FOREIGN_WAIT:
+        # "setting_up": the same marker as written before it was renamed.
+        ours = CREATED_BY in stored or "setting_up" in stored
+        if not ours and time.monotonic() - start > FOREIGN_WAIT:
             return None
         if time.monotonic() - start > SETUP_WAIT:
             raise HpoError(f"study {study.study_name!r} exists but its set-up never finished "
@@ -305,7 +310,8 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
 def _set_up(storage, study: optuna.Study, stage: Stage, settings: Settings, frozen: dict[str, Any],
             origin: dict[str, Any], after: str | None,
             points: list[dict[str, Any]] | None = None) -> None:
-    study.set_user_attr("setting_up", True)  # joiners: wait for "stage" rather than adopt it
+    # Says who made the study; to a joiner that sees no "stage" yet: wait, do not adopt it.
+    study.set_user_attr(CREATED_BY, "hpo")
     study_records.write(storage, study.study_name, "frozen_config", frozen)
     study_records.write(storage, study.study_name, "settings", dataclasses.asdict(settings))
     study.set_user_attr("frozen_from", origin)

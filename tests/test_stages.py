@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import itertools
 import pkgutil
+import re
+import threading
 import types
 import warnings
 
@@ -208,17 +210,72 @@ def test_stage_registry_bad_user_module_is_one_line_error(tmp_path, monkeypatch)
         all_stages()
 
 
+def _stages_rows(stdout: str) -> dict[str, list[str]]:
+    """``hpo stages``'s table rows by stage name: builds on, chain, --study (the footnote after
+    the blank line is not a row)."""
+    body = stdout.split("\n\n")[0].splitlines()[1:]
+    cell = r"(-|same|\d+ x \d+\*?)"
+    rows = {}
+    for line in body:
+        match = re.match(rf"(\S+)\s+(\S+)\s+{cell}\s+{cell}\s+\S", line)
+        assert match, line
+        rows[match[1]] = list(match.groups()[1:])
+    return rows
+
+
 def test_cli_stages_lists_every_stage_and_user_stages(tmp_path):
     _write_user_stage(tmp_path, "hpo_user_stage_cli", "cli_user_stage")
     result = run_cli("hpo", "stages", env={"HPO_STAGES": "hpo_user_stage_cli",
                                            "PYTHONPATH": str(tmp_path)}, check=True)
-    lines = [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
-    rows = {fields[0]: fields for fields in lines}
+    rows = _stages_rows(result.stdout)
     assert set(STAGES) | {"cli_user_stage"} == set(rows)
     for name, stage in STAGES.items():
-        assert rows[name][1] == (stage.builds_on or "-")
-        assert rows[name][2:4] == [str(stage.n_trials), str(stage.epochs)]
-    assert rows["cli_user_stage"][1] == "stage1_layers"
+        assert rows[name][0] == (stage.builds_on or "-")
+    assert rows["cli_user_stage"][0] == "stage1_layers"
+    assert rows["joint"][1] == "-"  # not on the chain: only a single study runs it
+
+
+class _RecordingSession:
+    """Stands in for the worker's session under hpo.worker.run_chain: each stage study it is
+    asked to run is set up with hpo.study.new_settings exactly as open_study would create it
+    (from the chain's base, on 32-pixel images), and nothing is trained."""
+
+    def __init__(self, storage, chain_name: str):
+        self.args = types.SimpleNamespace(chain_name=chain_name, after=None, from_file=None,
+                                          chain="all")
+        self.storage, self.stop, self.ran = storage, threading.Event(), {}
+
+    def out_of_time(self) -> bool:
+        return False
+
+    def run_study(self, study_name, space, flags, after, from_file, freeze_best_so_far=False,
+                  default_n_trials=None, chain_base=False):
+        from hpo.chain import BASE
+        from hpo.study import new_settings
+
+        settings, _ = new_settings(get_stage(space), flags, BASE, default_n_trials, image_size=32)
+        self.ran[space] = f"{settings.n_trials} x {settings.epochs}" + (
+            "*" if settings.exhaustive else "")
+
+
+def test_stages_table_shows_what_the_chain_runs_and_what_a_single_study_runs(tmp_path):
+    # Defect: `hpo stages` printed each stage's own defaults (30/20/12/30/30/4/20/20 trials,
+    # 10 or 15 epochs) while the chain ran 20/17/12/20/20/4/12/20 trials at 10 epochs.
+    from hpo.chain import parse_chain
+    from hpo.storage import open_storage
+    from hpo.study import new_settings
+    from hpo.worker import run_chain
+
+    rows = _stages_rows(run_cli("hpo", "stages", check=True).stdout)
+    session = _RecordingSession(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), "c")
+    run_chain(session, parse_chain("all"))
+    assert list(session.ran) == [n for n in STAGES if n != "joint"]
+    assert {name: rows[name][1] for name in session.ran} == session.ran
+    for name, stage in STAGES.items():  # a single --study run, as the worker creates it
+        settings, _ = new_settings(stage, {}, dict(DEFAULTS), image_size=32)
+        single = f"{settings.n_trials} x {settings.epochs}" + ("*" if settings.exhaustive else "")
+        assert rows[name][2] == ("same" if single == rows[name][1] else single)
+    session.storage.dispose()
 
 
 def test_grid_workers_with_different_sampler_seeds_share_one_grid_order(tmp_path):
