@@ -18,7 +18,7 @@ from hpo.loop import WorkerLoop
 from hpo.reaper import Reaper
 from hpo.runner import Ending, Outcome
 from hpo.storage import open_storage
-from hpo.study import open_study, update_budget
+from hpo.study import CREATED_BY, open_study, update_budget
 from tests.workers import wait_for
 
 FLAGS = {"dataset": None, "epochs": 1, "train_size": None, "val_fraction": None, "seed": None,
@@ -132,7 +132,7 @@ def test_joiner_waits_for_the_set_up_marker_then_checks_its_flags(sqlite_url, ti
     # ran with its own flags unchecked.
     storage = open_storage(sqlite_url)
     study = optuna.create_study(study_name="s", storage=storage)
-    study.set_user_attr("setting_up", True)
+    study.set_user_attr(CREATED_BY, "hpo")
     study_records.write(storage, "s", "frozen_config", {"conv_layers": 1})  # creator mid-way
     reads = []
     real_get = storage.get_study_user_attrs
@@ -163,6 +163,15 @@ def test_joiner_waits_for_the_set_up_marker_then_checks_its_flags(sqlite_url, ti
     joiner.join(60)
     assert "ok" not in result, "the joiner ran with its own budget"
     assert "budget of 3" in result["error"] and "5" in result["error"]
+
+
+def test_a_set_up_study_says_who_made_it_not_that_set_up_is_under_way(sqlite_url, tiny_stages):
+    # Defect: every finished study kept the user attribute "setting_up: True" (the dashboard
+    # and `optuna studies` showed it), though its set-up was long complete.
+    storage, study, _ = _open(sqlite_url, n_trials=1)
+    attrs = optuna.load_study(study_name="s", storage=storage).user_attrs
+    assert attrs[CREATED_BY] == "hpo" and attrs["stage"] == "tiny"
+    assert not [key for key, value in attrs.items() if "setting" in key or value is True]
 
 
 def test_precision_is_a_study_setting_and_exported(sqlite_url, tiny_stages):
