@@ -325,6 +325,23 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         """Release this process's connections now, not at interpreter exit."""
         self.rdb.engine.dispose()
 
+    # Pickled as Optuna's storages are (e.g. to hand to another process): the locks, the
+    # thread-local flag and this process's hooks stay behind; the copy makes its own. The
+    # RDB storage pickles itself without its engine and opens a new one.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_local", "outage", "on_claim", "stale_trial_ids"):
+            del state[name]
+        state["outage_timeout"] = self.outage.timeout
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        timeout = state.pop("outage_timeout")
+        self.__dict__.update(state)
+        self.outage = Outage(self.url, timeout)
+        self.on_claim = self.stale_trial_ids = None
+        self._local = threading.local()
+
 
 def _delegate(name: str):
     def method(self, *args, **kwargs):

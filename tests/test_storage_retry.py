@@ -211,3 +211,27 @@ def _open_while_held(path, holder: sqlite3.Connection, hold_for: float):
     holder.execute("COMMIT")
     holder.close()
     return opened.result(timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["sqlite", "postgresql"])
+def test_storage_pickles_and_the_copy_works(mode, request, tmp_path):
+    # Defect: pickling the storage (as Optuna's own storage tests and process pools do) failed
+    # with "cannot pickle '_thread.lock' object".
+    import pickle
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}" if mode == "sqlite" else request.getfixturevalue("pg_url")
+    storage = open_storage(url, heartbeat=5, grace=20, outage_timeout=7)
+    claimed = []
+    storage.on_claim = lambda trial_id, fresh: claimed.append(trial_id)  # this process's hook
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.tell(study.ask(), 0.25)  # the engine, the trial cache and the outage lock in use
+
+    copy = pickle.loads(pickle.dumps(storage))
+    assert copy.outage.timeout == 7 and copy.grace_period() == 20
+    assert copy.on_claim is None and copy.stale_trial_ids is None  # hooks stay behind
+    again = optuna.load_study(study_name="s", storage=copy)
+    again.tell(again.ask(), 0.75)
+    assert [t.value for t in study.get_trials()] == [0.25, 0.75]
+    assert len(claimed) == 1  # the copy's trial did not run the original's hook
+    copy.dispose()
+    storage.dispose()
