@@ -184,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     from hpo.objectives import KNOWN as OBJECTIVES
     from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
 
-    p = OneLineParser(prog="hpo", description=__doc__)
+    p = OneLineParser(prog="hpo", description=(
+        "Look at, export and re-train what hpo-worker searched: list the stages and their "
+        "budgets, show each study's progress, export the best trial, train a configuration, "
+        "open the dashboard, write a report. Errors are one line; exit status 2 for a usage "
+        "error, 1 for a failure at run time. Each command has --help."))
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -194,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to wait for a database that goes away mid-command (default 60)")
 
     t = sub.add_parser("train", help="train one configuration (a config or an export JSON)")
-    t.add_argument("config", help="config JSON or `hpo export` output")
+    t.add_argument("config", help="a config JSON, or what hpo export wrote")
     t.add_argument("--dataset", help="default: the export's dataset, else cifar10-sample")
     t.add_argument("--epochs", type=at_least(1), help="override the config's epochs")
     t.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")

@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
 
     p = OneLineParser(
-        prog="hpo-worker", description="Run trials of a stage study from a shared storage.")
+        prog="hpo-worker", description=(
+            "Run trials from a shared study database: of one stage study (--study NAME) or of "
+            "the stages one after another (--chain). Start the same command on as many "
+            "processes and machines as you like. Exit status 0 when done or stopped, 1 for a "
+            "failure at run time, 2 for a usage error."))
     p.add_argument("--study", help="study name (a stage name, or any with --space)")
     p.add_argument("--chain", nargs="?", const="all", metavar="FIRST..LAST",
                    help="run the stages one after another, hands-free: all (the default: "

@@ -121,3 +121,25 @@ def test_cli_errors_leave_whole_database_intact_with_its_trials(ran):
     assert len(before["stage1_layers"]["trials"]) == 3  # the queued warm start and two complete
     assert after["stage1_layers"] == before["stage1_layers"]
 
+
+
+def _help_texts() -> dict[str, str]:
+    """Every --help both programs print, by command line."""
+    from hpo import cli, worker
+
+    texts = {"hpo-worker": worker.build_parser().format_help()}
+    parser = cli.build_parser()
+    texts["hpo"] = parser.format_help()
+    commands = next(a for a in parser._actions if a.dest == "command").choices  # argparse's own
+    for name, sub in commands.items():
+        texts[f"hpo {name}"] = sub.format_help()
+    return texts
+
+
+def test_help_texts_are_plain_words():
+    # Defect: `hpo --help` printed the module docstring, RST backticks included.
+    texts = _help_texts()
+    assert {"hpo", "hpo-worker", "hpo stages", "hpo train"} <= set(texts)
+    for command, text in texts.items():
+        assert "`" not in text, command
+        assert ":class:" not in text and "\n.. " not in text, command
