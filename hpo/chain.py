@@ -17,6 +17,7 @@ import optuna
 
 from hpo import study_records
 from hpo.errors import HpoError
+from hpo.objectives import parse_objectives
 from search_spaces import DEFAULTS as STAGE_DEFAULTS
 from search_spaces import Stage, all_stages, get_stage
 
@@ -107,7 +108,9 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any]) -
     """Create the chain's record or join it; a worker whose chain differs is refused by name."""
     wanted = chain_settings(flags, stages)
     try:
-        record = optuna.create_study(study_name=name, storage=storage)
+        # The stages' directions: the dashboard lists the record with them, not as MINIMIZE.
+        directions = parse_objectives(wanted["objectives"] or "accuracy").directions
+        record = optuna.create_study(study_name=name, storage=storage, directions=list(directions))
     except optuna.exceptions.DuplicatedStudyError:
         record = optuna.load_study(study_name=name, storage=storage)
     else:

@@ -70,3 +70,26 @@ def test_searched_keys_of_every_stage_are_config_keys():
         keys = searched_keys(stage, dict(DEFAULTS))
         assert keys and keys <= set(DEFAULTS), name
     assert set(REPORTS_CHOSE) <= set(all_stages())
+
+
+def test_chain_record_shows_the_chain_in_the_dashboard(sqlite_url):
+    # Defect: the chain's record study showed in optuna-dashboard as an empty MINIMIZE study.
+    from hpo import chain as chains
+    from hpo.chain_view import write_chain_note
+
+    storage = open_storage(sqlite_url)
+    stages = chains.parse_chain("stage1_layers..stage2_fc")
+    record = chains.open_chain(storage, "c", stages, {})
+    first = stages[0]
+    open_study(storage, chains.study_name("c", first), first.name, chains.stage_flags(record),
+               default_n_trials=chains.stage_budget(first, record), chain_base=True)
+    write_chain_note(storage, "c")
+    studies = storage.get_all_studies()  # the dashboard lists them in this order (by id)
+    names = [s.study_name for s in studies]
+    assert names.index("c") + 1 == names.index("c.stage1_layers")
+    assert studies[names.index("c")].directions == studies[names.index("c.stage1_layers")].directions
+    assert studies[names.index("c")].direction == optuna.study.StudyDirection.MAXIMIZE
+    note = get_note(optuna.load_study(study_name="c", storage=storage))
+    assert "## Chain `c`" in note
+    assert "| `stage1_layers` | `c.stage1_layers` | active | 0/20 |" in note
+    assert "| `stage2_fc` | `c.stage2_fc` | not started |" in note
