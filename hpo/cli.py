@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change an existing study's budget (--n-trials); running workers follow")
     c.set_defaults(func=cmd_create_study)
 
-    s = sub.add_parser("stages", help="list the stages (study names) and their budgets")
+    s = sub.add_parser("stages", help="the stages: what each builds on and searches, and its budget "
+                                          "under --chain and as a single --study run")
     s.set_defaults(func=cmd_stages)
 
     st = sub.add_parser("status", help="trials by state, best value and running trials per study")
