@@ -705,7 +705,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10,
                         help="PgBouncer default_pool_size = max_db_connections (default 10)")
     parser.add_argument("--max-clients", type=int, default=1000,
-                        help="PgBouncer max_client_conn (default 1000, as in the README)")
+                        help="PgBouncer max_client_conn (default 1000, as in docs/clusters.md)")
     parser.add_argument("--heartbeat", type=int, default=10,
                         help="workers' --heartbeat (default 10, hpo-worker's)")
     parser.add_argument("--grace", type=int, default=30, help="workers' --grace (default 30)")

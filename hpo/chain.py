@@ -27,7 +27,7 @@ SETUP_WAIT = 60.0
 # Chain defaults, per stage: the budget (an exhaustive stage, one whose whole space is smaller,
 # trains each point once instead) and, for the whole chain, epochs, sampler and pruner. The
 # median pruner: at equal epochs on three seeds it stood level with or above Hyperband at 13 of
-# 15 points measured and reached the last stage sooner (BENCHMARKS.md section 4).
+# 15 points measured and reached the last stage sooner (BENCHMARKS.md row 4d).
 TRIALS = {"stage1_layers": 20, "stage2_fc": 17, "stage3_filters": 12, "stage4_conv": 20,
           "stage5_regularization": 20, "stage6_batchnorm": 4, "stage7_optimizer": 12,
           "stage8_schedule": 20}
@@ -36,7 +36,7 @@ DEFAULTS = {"epochs": 10, "sampler": "tpe", "pruner": "median"}
 # starts from the documented defaults plus batch norm in the conv layers, a cosine schedule and
 # random flips: after 100, 200 and 300 epochs that start was ahead of the plain defaults on all
 # three seeds measured, and at the end of the budget ahead, level and 2 points behind
-# (BENCHMARKS.md section 4). Stages 6 and 8 still search those knobs.
+# (BENCHMARKS.md row 4b). Stages 6 and 8 still search those knobs.
 BASE = {**STAGE_DEFAULTS, "conv_batchnorm": True, "scheduler": "cosine", "flip": True}
 # What a chain's workers must agree on (hpo.study.Settings fields, less the per-stage budget).
 SHARED = ("dataset", "train_size", "val_fraction", "epochs", "n_trials", "sampler", "pruner",
