@@ -127,8 +127,12 @@ class Docker:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            _stop_pid(self.process.pid)  # dockerd stops its own containerd
-            self.process.wait(timeout=30)
+            self.process.terminate()  # dockerd stops its containers and its own containerd
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
         # dockerd leaves its default network namespace mounted under the exec root.
         netns = EXEC_ROOT / "exec" / "netns" / "default"
         if str(netns) in Path("/proc/mounts").read_text():
