@@ -166,11 +166,11 @@ def test_array_runs_the_chain_and_a_task_cancelled_in_stage_2_has_its_trial_reru
 def test_walltime_signal_in_a_chain_requeues_the_trial_and_a_requeued_task_resumes_it(
         slurm, pg_url, tmp_path):
     # SLURM counts time limits in minutes and sends --signal from its periodic time-limit check
-    # (every 30 s), up to 30 s early: with --time=1 and B:TERM@10 the script gets SIGTERM 20-50 s
-    # into the job, well before the limit. The trial is long enough to be running then.
+    # (every 30 s), up to 30 s early: with --time=2 and B:TERM@60 the script gets SIGTERM 30-60 s
+    # into the job, well before the limit. The trial has a checkpoint then and is still running.
     env = chain_env(pg_url, "stage1_layers..stage2_fc", "w", tmp_path / "artifacts",
-                    "--n-trials", "1", "--epochs", "300", "--train-size", "1500")
-    job = submit(slurm, tmp_path, env, "--array=0", "--time=1", "--signal=B:TERM@10")
+                    "--n-trials", "1", "--epochs", "300", "--train-size", "600")
+    job = submit(slurm, tmp_path, env, "--array=0", "--time=2", "--signal=B:TERM@60")
     started = time.monotonic()
     wait_gone(slurm, job, 150, tmp_path)
     took = time.monotonic() - started
@@ -201,7 +201,7 @@ def test_walltime_signal_in_a_chain_requeues_the_trial_and_a_requeued_task_resum
     slurm.run("scancel", job)
     wait_gone(slurm, job, 90, tmp_path)
     assert not trials(pg_url, "w.stage2_fc")  # stage 2 waits for stage 1's budget
-    print(f"\nwalltime: SIGTERM before the 1-minute limit; job ended after {took:.0f}s, exit 0, "
+    print(f"\nwalltime: SIGTERM before the 2-minute limit; job ended after {took:.0f}s, exit 0, "
           f"trial {failed[0].number} queued again (checkpoint epoch {epoch}); the requeued task "
           f"resumed it from epoch {epoch}")
 
