@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change an existing study's budget (--n-trials); running workers follow")
     c.set_defaults(func=cmd_create_study)
 
+    from hpo import chain_setup
+
+    chain_setup.add_parser(sub, storage_flag)  # create-chain
+
     s = sub.add_parser("stages", help="the stages: what each builds on and searches, and its budget "
                                           "under --chain and as a single --study run")
     s.set_defaults(func=cmd_stages)

@@ -55,6 +55,8 @@ class SlurmCluster:
     Node ``$(hostname -s)`` with all CPUs, one default partition that lets up to 4 jobs share a
     core; process tracking by parent pid and no cgroups (works in containers); no accounting, so
     no sacct: a finished job's state and exit code stay in ``scontrol show job`` for 10 minutes.
+    Job credentials live 20 s instead of 120, which is also how long a requeued job waits
+    before it may start again.
     """
 
     def __init__(self):
@@ -107,7 +109,7 @@ SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={munge_socket}
+AuthInfo=socket={munge_socket},cred_expire=20
 CredType=cred/munge
 StateSaveLocation={self.dir / 'state'}
 SlurmdSpoolDir={self.dir / 'spool'}

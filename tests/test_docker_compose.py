@@ -1,8 +1,10 @@
-"""docker-compose.yml, Dockerfile and .env.example checked against the code they run.
+"""docker-compose.yml, deploy/compose/cpu.yml, Dockerfile and .env.example checked against the
+code they run.
 
 Docker is not needed: the compose file is read with PyYAML, its ``${VAR...}`` references are
 substituted the way Compose does it, and every service's command goes through our own argument
-parsers, so a renamed or missing flag fails here rather than in a container.
+parsers, so a renamed or missing flag fails here rather than in a container. The stack brought up
+for real is tests/test_compose_stack.py.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import sqlalchemy
 import yaml
 
 from hpo import cli, worker
+from hpo.study import SETTING_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
+CPU_OVERRIDE = REPO / "deploy" / "compose" / "cpu.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -30,14 +34,30 @@ SOURCES = [*sorted((REPO / "hpo").rglob("*.py")), *sorted((REPO / "search_spaces
 PASSWORD = "test-password"
 # Only the required variable: every optional one takes its default or drops its flag.
 DEFAULTS = {"POSTGRES_PASSWORD": PASSWORD}
-# Every optional study setting given, to check each lands on the flag meant for it.
-ALL_SET = {
-    "POSTGRES_PASSWORD": PASSWORD, "HPO_STUDY": "my_study", "HPO_SPACE": "stage3_filters",
-    "HPO_N_TRIALS": "12", "HPO_SAMPLER": "random", "HPO_PRUNER": "hyperband",
-    "HPO_OBJECTIVES": "accuracy,time", "HPO_DATASET": "cifar10", "HPO_EPOCHS": "3",
-    "HPO_TRAIN_SIZE": "1000", "HPO_SEED": "7", "DASHBOARD_PORT": "9090", "POSTGRES_PORT": "6543",
+# A chain with every setting given, to check each lands on the flag meant for it.
+CHAIN_SET = {
+    "POSTGRES_PASSWORD": PASSWORD, "HPO_CHAIN": "stage3_filters..stage8_schedule",
+    "HPO_CHAIN_NAME": "night-run", "HPO_N_TRIALS": "12", "HPO_SAMPLER": "random",
+    "HPO_PRUNER": "hyperband", "HPO_OBJECTIVES": "accuracy,time", "HPO_DATASET": "cifar10",
+    "HPO_EPOCHS": "3", "HPO_TRAIN_SIZE": "1000", "HPO_SEED": "7", "HPO_JOBS_PER_DEVICE": "2",
+    "HPO_WORKER_ARGS": "--heartbeat 5 --grace 20", "DASHBOARD_PORT": "9090",
+    "POSTGRES_PORT": "6543",
 }
-SCENARIOS = {"defaults": DEFAULTS, "all_set": ALL_SET}
+# One stage instead of the chain: HPO_STUDY wins over the HPO_CHAIN that .env.example sets.
+STUDY_SET = {**CHAIN_SET, "HPO_STUDY": "my_study", "HPO_SPACE": "stage3_filters"}
+
+
+def env_example() -> dict[str, str]:
+    """The variables a user gets by copying .env.example, with the password filled in."""
+    values = dict(re.findall(r"^([A-Za-z_]\w*)=(.*)$", ENV_EXAMPLE.read_text(), re.M))
+    return {**values, "POSTGRES_PASSWORD": PASSWORD}
+
+
+SCENARIOS = {"defaults": DEFAULTS, "env_example": env_example(), "chain_set": CHAIN_SET,
+             "study_set": STUDY_SET}
+SETTINGS = {"n_trials": "HPO_N_TRIALS", "sampler": "HPO_SAMPLER", "pruner": "HPO_PRUNER",
+            "objectives": "HPO_OBJECTIVES", "dataset": "HPO_DATASET", "epochs": "HPO_EPOCHS",
+            "train_size": "HPO_TRAIN_SIZE", "seed": "HPO_SEED"}
 
 
 # --- compose-style substitution ---------------------------------------------------------------
@@ -127,6 +147,34 @@ def compose_values() -> list[str]:
 
 def load_compose(env: dict[str, str]) -> dict:
     return _substitute(yaml.safe_load(COMPOSE.read_text()), env)
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """PyYAML with Compose's merge tags: ``!reset`` (drop the value) and ``!override``."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: ("!reset", None))
+ComposeLoader.add_constructor("!override", lambda loader, node: (
+    "!override", loader.construct_mapping(node) if isinstance(node, yaml.MappingNode)
+    else loader.construct_sequence(node)))
+
+
+def merge_override(base, override):
+    """Compose's merge of an override file onto a loaded file, for mappings and the two tags."""
+    if isinstance(override, tuple) and override[0] == "!reset":
+        return None
+    if isinstance(override, tuple) and override[0] == "!override":
+        return override[1]
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            merged = merge_override(base.get(key), value)
+            if merged is None:
+                out.pop(key, None)
+            else:
+                out[key] = merged
+        return out
+    return override
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +296,7 @@ def test_interpolate_follows_compose_rules():
 # --- services -------------------------------------------------------------------------------
 
 def test_compose_defines_every_service(compose):
-    missing = {"postgres", "create-study", "worker", "dashboard"} - set(compose["services"])
+    missing = {"postgres", "setup", "worker", "dashboard"} - set(compose["services"])
     assert not missing, f"services missing from docker-compose.yml: {sorted(missing)}"
 
 
@@ -280,7 +328,7 @@ def test_compose_publishes_ports_on_loopback_only(compose):
 def test_compose_storage_url_reaches_postgres_service(compose):
     services = compose["services"]
     pg = environment(services["postgres"])
-    for name in ("create-study", "worker", "dashboard"):
+    for name in ("setup", "worker", "dashboard"):
         url = sqlalchemy.engine.make_url(environment(services[name])["HPO_STORAGE"])
         assert url.drivername == "postgresql+psycopg2"
         assert url.host == "postgres" and (url.port or 5432) == 5432
@@ -288,42 +336,92 @@ def test_compose_storage_url_reaches_postgres_service(compose):
             pg["POSTGRES_USER"], PASSWORD, pg["POSTGRES_DB"]), f"{name}: credentials differ"
 
 
-def test_create_study_waits_for_healthy_postgres(compose):
-    deps = compose["services"]["create-study"]["depends_on"]
+def test_setup_waits_for_healthy_postgres(compose):
+    deps = compose["services"]["setup"]["depends_on"]
     assert deps["postgres"]["condition"] == "service_healthy"
 
 
-def test_create_study_command_parses(scenario):
+def runs_one_study(env: dict[str, str]) -> bool:
+    return bool(env.get("HPO_STUDY"))
+
+
+def test_setup_creates_the_chain_by_default_or_the_study_asked_for(scenario):
     env, doc = scenario
-    args = parse(argv_of(doc["services"]["create-study"]))
-    assert args.command == "create-study" and args.skip_if_exists
-    assert args.study == env.get("HPO_STUDY", "stage1_layers")
-    given = {"space": "HPO_SPACE", "n_trials": "HPO_N_TRIALS", "sampler": "HPO_SAMPLER",
-             "pruner": "HPO_PRUNER", "objectives": "HPO_OBJECTIVES", "dataset": "HPO_DATASET",
-             "epochs": "HPO_EPOCHS", "train_size": "HPO_TRAIN_SIZE", "seed": "HPO_SEED"}
-    for attr, var in given.items():
-        expected = env.get(var) or None  # unset: the flag is left out
+    args = parse(argv_of(doc["services"]["setup"]))
+    if runs_one_study(env):
+        assert args.command == "create-study" and args.skip_if_exists
+        assert args.study == env["HPO_STUDY"] and args.space == env.get("HPO_SPACE")
+    else:
+        assert args.command == "create-chain"
+        assert args.chain == (env.get("HPO_CHAIN") or "all")
+        assert args.chain_name == (env.get("HPO_CHAIN_NAME") or "chain")
+    for attr, var in SETTINGS.items():
+        expected = env.get(var) or None  # unset or empty: the flag is left out
         got = getattr(args, attr)
         assert (None if got is None else str(got)) == expected, f"--{attr.replace('_', '-')}"
 
 
-def test_worker_command_parses(scenario):
+def test_env_example_runs_the_whole_chain():
+    doc = load_compose(env_example())
+    setup, work = (parse(argv_of(doc["services"][s])) for s in ("setup", "worker"))
+    assert (setup.command, setup.chain, setup.chain_name) == ("create-chain", "all", "chain")
+    assert (work.chain, work.study) == ("all", None)
+
+
+def test_worker_joins_what_setup_created(scenario):
     env, doc = scenario
     args = parse(argv_of(doc["services"]["worker"]))
-    assert args.study == env.get("HPO_STUDY", "stage1_layers")
-    assert args.study == parse(argv_of(doc["services"]["create-study"])).study
+    setup = parse(argv_of(doc["services"]["setup"]))
+    # hpo-worker's own rule: exactly one of --study and --chain.
+    assert (args.study is None) != (args.chain is None), argv_of(doc["services"]["worker"])
+    if runs_one_study(env):
+        assert args.study == setup.study == env["HPO_STUDY"]
+    else:
+        assert (args.chain, args.chain_name) == (setup.chain, setup.chain_name)
+    # Everything else comes from the stored record: a worker flag that differed would be refused.
+    assert all(getattr(args, name, None) in (None, False) for name in SETTING_FLAGS)
     assert args.devices == "auto"
+    assert args.jobs_per_device == int(env.get("HPO_JOBS_PER_DEVICE") or 1)
+    if env.get("HPO_WORKER_ARGS"):
+        assert (args.heartbeat, args.grace) == (5, 20)
 
 
-def test_worker_waits_for_created_study(compose):
+def test_setup_accepts_every_shared_chain_setting():
+    """create-chain stores what the workers of a chain must agree on: every such setting that
+    hpo-worker takes, create-chain takes too (same flag, same value)."""
+    from hpo.chain import SHARED
+
+    given = {"dataset": "cifar10-sample", "train_size": "300", "val_fraction": "0.2",
+             "epochs": "2", "n_trials": "3", "sampler": "random", "pruner": "none", "seed": "1",
+             "objectives": "accuracy,time", "matmul_precision": "high"}
+    for name in SHARED:
+        flag = f"--{name.replace('_', '-')}"
+        values = [given[name]] if name in given else []
+        chain = parse(["hpo", "create-chain", flag, *values])
+        work = parse(["hpo-worker", "--chain", flag, *values])
+        assert getattr(chain, name) == getattr(work, name), flag
+
+
+def test_worker_waits_for_setup(compose):
     deps = compose["services"]["worker"]["depends_on"]
-    assert deps["create-study"]["condition"] == "service_completed_successfully"
+    assert deps["setup"]["condition"] == "service_completed_successfully"
 
 
-def test_worker_reserves_nvidia_gpu(compose):
+def test_worker_reserves_every_nvidia_gpu_by_default(compose):
     devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     gpu = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
-    assert gpu and str(gpu[0].get("count")) == "1"
+    assert gpu and str(gpu[0].get("count")) == "all"
+
+
+def test_cpu_override_drops_only_the_gpu_reservation(scenario):
+    env, doc = scenario
+    override = yaml.load(CPU_OVERRIDE.read_text(), Loader=ComposeLoader)
+    merged = merge_override(doc, override)
+    assert "deploy" in doc["services"]["worker"]
+    assert "deploy" not in merged["services"]["worker"]
+    for name, service in doc["services"].items():
+        rest = {k: v for k, v in service.items() if k != "deploy"}
+        assert {k: v for k, v in merged["services"][name].items() if k != "deploy"} == rest, name
 
 
 def test_worker_has_no_container_name(compose):
@@ -458,3 +556,34 @@ def test_dockerfile_command_is_console_script():
 def test_dockerignore_excludes_secrets_and_local_state():
     ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
     assert {".env", ".git", ".venv", "hpo.db", "hpo-artifacts"} <= ignored
+
+
+def dockerfile_args() -> dict[str, str]:
+    """Each ARG's default, quotes removed."""
+    out = {}
+    for instr, args in dockerfile_instructions():
+        if instr == "ARG":
+            name, _, default = args.partition("=")
+            out[name] = shlex.split(default)[0] if default else ""
+    return out
+
+
+def test_dockerfile_pins_torch_to_one_cuda_build_with_its_driver_floor():
+    """torch's PyPI wheels change their CUDA build between minor releases (2.14.x: CUDA 13.0):
+    the pin has an upper bound, admits the release the project is tested with, and the header
+    names the CUDA build and the driver it needs."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    args = dockerfile_args()
+    torch_spec = SpecifierSet(args["TORCH"].removeprefix("torch"))
+    vision_spec = SpecifierSet(args["TORCHVISION"].removeprefix("torchvision"))
+    assert Version("2.14.1") in torch_spec and Version("0.29.1") in vision_spec
+    assert Version("2.15.0") not in torch_spec and Version("0.30.0") not in vision_spec
+    assert not any(Version("3.0") in s for s in (torch_spec, vision_spec))
+    runs = [a for i, a in dockerfile_instructions() if i == "RUN"]
+    torch_step = next(i for i, a in enumerate(runs) if '"$TORCH"' in a and '"$TORCHVISION"' in a)
+    requirements_step = next(i for i, a in enumerate(runs) if "-r /tmp/build/requirements.txt" in a)
+    assert torch_step < requirements_step, "the pinned torch must be installed before the rest"
+    header = DOCKERFILE.read_text().split("FROM ")[0]
+    assert "CUDA 13.0" in header and "driver 580 or" in header
