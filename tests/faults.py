@@ -213,6 +213,8 @@ def ledger(url: str, plan: Plan, slots: list[Slot]) -> dict[str, Any]:
                                         for n in t.system_attrs.get(REAPED_ALIVE, [])}),
                 "best": best, "inherited": previous,
                 "warm": warm[0].values[0] if warm else None,
+                "warm_resumed": warm[0].user_attrs.get("resumed_from_epoch") if warm else None,
+                "warm_retried": len(warm[0].system_attrs.get("retry_history", [])) if warm else 0,
             }
             stages.append(row)
             where = f"{name}:"
@@ -257,7 +259,7 @@ def ledger(url: str, plan: Plan, slots: list[Slot]) -> dict[str, Any]:
 def format_ledger(result: dict[str, Any]) -> str:
     head = (f"{'stage':<17}{'budget':>7}{'done':>6}{'pruned':>7}{'failed':>7}{'run':>5}"
             f"{'wait':>5}{'deaths':>7}{'retried':>8}{'resumed':>8}  {'best':<8}{'inherited':<10}"
-            f"{'warm':<8}left-failed  live-reaped")
+            f"{'warm':<8}{'w-retries':>9}{'w-resumed':>10}  left-failed  live-reaped")
     lines = [f"seed {result['seed']}: {len(result['faults'])} faults: "
              + ", ".join(f"{f['kind']}" + (f" {f['seconds']}s" if "seconds" in f else "")
                          for f in result["faults"]), head]
@@ -269,7 +271,8 @@ def format_ledger(result: dict[str, Any]) -> str:
         lines.append(f"{r['stage']:<17}{r['budget']:>7}{r['complete']:>6}{r['pruned']:>7}"
                      f"{r['failed']:>7}{r['running']:>5}{r['waiting']:>5}{r['deaths']:>7}"
                      f"{r['stopped_or_reaped']:>8}{r['resumed']:>8}  {num(r['best']):<8}"
-                     f"{num(r['inherited']):<10}{num(r['warm']):<8}"
+                     f"{num(r['inherited']):<10}{num(r['warm']):<8}{r['warm_retried']:>9}"
+                     f"{r['warm_resumed'] or '-'!s:>10}  "
                      f"{r['left_failed'] or '-'!s:<13}{r['reaped_alive'] or '-'}")
     lines.append(f"exits: {result['exits']}")
     lines.append("problems: " + ("; ".join(result["problems"]) or "none"))
