@@ -247,7 +247,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             while True:
                 try:
                     if waiting and self.on_reconnect is not None:
-                        self.on_reconnect()
+                        self._reconnected()
                     result = method(*args, **kwargs)
                     recovered = True
                     return result
@@ -274,6 +274,16 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         finally:
             if waiting:
                 self.outage.stopped_waiting(recovered)
+
+    def _reconnected(self) -> None:
+        """``on_reconnect``; an outage error goes to the retry loop, any other is only logged
+        (it is not the waiting call's error)."""
+        try:
+            self.on_reconnect()
+        except Exception as e:
+            if is_outage(e):
+                raise
+            log.warning("heartbeat on reconnecting failed: %s", first_line(e))
 
     # Trials this process starts running: the heartbeat starts with them.
     def create_new_trial(self, study_id: int, template_trial=None) -> int:

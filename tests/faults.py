@@ -242,8 +242,14 @@ def ledger(url: str, plan: Plan, slots: list[Slot]) -> dict[str, Any]:
             previous = best
     finally:
         storage.engine.dispose()
+    deaths = sum(row["deaths"] for row in stages)
+    kills = sum(why == "SIGKILL" for slot in slots for _, why in slot.exits)
+    if deaths > kills:  # only a killed worker's trial may be found dead
+        problems.append(f"{deaths} trials found dead, {kills} workers killed")
     for slot in slots:
         text = slot.log.read_text()
+        if "while its worker was alive" in text or "while this worker ran it" in text:
+            problems.append(f"worker {slot.index}: a trial of it was failed while it lived")
         if "Traceback" in text:
             problems.append(f"worker {slot.index}: a traceback in its log")
         runs = text.split("==== start")[1:]

@@ -188,6 +188,9 @@ def test_a_stale_trial_is_queued_again_until_its_worker_died_more_than_max_retri
         assert not marked
     else:
         assert marked == {trial.number: {"deaths": 4, "max_retries": 3}}
+        from optuna_dashboard import get_note  # the stage note says so too
+
+        assert f"trial {trial.number} left failed: its worker died 4 times" in get_note(study)
         status = status_table(storage)
         assert f"limit: trial {trial.number} left failed: its worker died 4 times " \
                "(--max-retries 3)" in status, status
@@ -239,3 +242,27 @@ def test_a_worker_alive_after_its_trial_was_reaped_takes_the_death_back(sqlite_u
     again = [t for t in study.get_trials(states=(TrialState.WAITING,))
              if t.system_attrs["failed_trial"] == second.number]
     assert len(again) == 1 and again[0].system_attrs[DEATHS] == []
+
+
+def test_heartbeat_notices_its_trial_failed_by_another_workers_check_and_not_its_own_tell(
+        sqlite_url):
+    storage = open_storage(sqlite_url, heartbeat=1, grace=2)
+    study = optuna.create_study(study_name="lost", storage=storage)
+    study_id = storage.get_study_id_from_name("lost")
+    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+           for _ in range(2)]
+    other = open_storage(sqlite_url, heartbeat=1, grace=2)  # another worker's stale-trial check
+    heartbeat = Heartbeat(storage)
+    heartbeat.start()
+    try:
+        heartbeat.track(ids[0])
+        other.set_trial_state_values(ids[0], TrialState.FAIL)
+        wait_for(heartbeat.lost.is_set, 30, "the heartbeat to notice its trial was failed")
+        heartbeat.track(ids[1])  # the next trial: not lost
+        assert not heartbeat.lost.is_set()
+        heartbeat.track(None)  # the worker tells its own end untracked (hpo.loop)
+        storage.set_trial_state_values(ids[1], TrialState.FAIL)
+        time.sleep(0)  # nothing to wait for: an untracked trial is never read
+        assert not heartbeat.lost.is_set()
+    finally:
+        heartbeat.stop()
