@@ -148,9 +148,10 @@ def _inject(plan: Plan, seed: int, pg: ThrowawayPostgres, slots: list[Slot],
         live = [s for s in slots if s.process.poll() is None]
         if not live:
             break  # the chain finished before the schedule did
-        # A worker still opening the database would fail at once (it waits only once
-        # connected): faults wait for every live worker to be connected.
-        _wait(lambda: all(_connected(s) or s.process.poll() is not None for s in live), 120)
+        if kind == "db":
+            # A worker still opening the database would fail at once (it waits only once
+            # connected): an outage waits for every live worker to be connected.
+            _wait(lambda: all(_connected(s) or s.process.poll() is not None for s in live), 120)
         at = round(time.monotonic() - start, 1)
         if kind == "db":
             down = round(rng.uniform(*plan.db_down), 1)
