@@ -211,3 +211,24 @@ def _open_while_held(path, holder: sqlite3.Connection, hold_for: float):
     holder.execute("COMMIT")
     holder.close()
     return opened.result(timeout=60)
+
+
+def test_a_returned_database_gets_the_heartbeat_first_and_is_noticed_within_a_second(sqlite_url):
+    from hpo.storage import MAX_BACKOFF
+
+    assert MAX_BACKOFF <= 1.0  # the longest sleep between two tries while the database is away
+    storage = open_storage(sqlite_url, outage_timeout=60)
+    calls = []
+
+    def database(what):  # away for the first three requests, whatever they are
+        calls.append(what)
+        if len(calls) <= 3:
+            raise _operational(_PgError("server closed the connection unexpectedly", "08006"))
+        return "answered"
+
+    beat = lambda: database("beat")  # noqa: E731
+    statement = lambda: database("statement")  # noqa: E731
+    storage.on_reconnect = beat
+    assert storage.call(statement) == "answered"
+    # Tried first as usual; after each wait the heartbeat goes first, the statement after it.
+    assert calls == ["statement", "beat", "beat", "beat", "statement"], calls
