@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hpo.budget import Tally, gives_way
@@ -24,6 +23,7 @@ from hpo.counts import count_trials
 from hpo.heartbeat import Heartbeat
 from hpo.reaper import Reaper
 from hpo.outcome import Ending, Outcome
+from hpo.retries import alive_after_reap, queue_stopped
 from hpo.storage import RetryingStorage
 from hpo.tell import Told, tell
 
@@ -129,11 +129,14 @@ class WorkerLoop:
         try:
             if fresh and gives_way(self.study, trial.number, budget):
                 trial.set_user_attr("end_reason", f"over budget: {budget} trials already started")
+                self.heartbeat.track(None)
                 tell(self.study, trial, None, TrialState.FAIL)
                 log.info("trial %d gave way: the budget of %d was filled in a race", trial.number,
                          budget)
                 return False
             outcome = self.runner.run(trial, queued=not (known and fresh))
+            # Not tracked while told: a FAIL the heartbeat reads from here on may be our own.
+            self.heartbeat.track(None)
             self._tell(trial, trial_id, outcome)
             if outcome.ending is Ending.REJECTED:
                 self._rejected_in_a_row += 1
@@ -150,13 +153,18 @@ class WorkerLoop:
             # Queue the retry first: while both exist the budget counts the running original,
             # so no other worker can take this trial's slot, and nothing is lost if we die here.
             original = self.storage.get_trial(trial_id)
-            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(self.study, original)
+            if original.state == TrialState.FAIL:  # reaped meanwhile: the reaper queued it
+                alive_after_reap(self.storage, self.study, trial_id)
+                return
+            queue_stopped(self.study, original)
             tell(self.study, trial, None, TrialState.FAIL)
             log.warning("%s; queued again as a waiting trial", outcome.reason)
             return
         if outcome.ending is Ending.REAPED:
             log.warning("trial %d was %s; its retry re-runs it; continuing", trial.number,
                         outcome.reason)
+            if trial_id is not None:
+                alive_after_reap(self.storage, self.study, trial_id)
             return
         state = _TOLD[outcome.ending]
         told = tell(self.study, trial, outcome.values if state == TrialState.COMPLETE else None,
@@ -166,6 +174,8 @@ class WorkerLoop:
         if told.state != state:
             log.warning("trial %d was failed by a stale-trial check before it ended (heartbeat "
                         "late); its retry re-runs it; continuing", trial.number)
+            if trial_id is not None:
+                alive_after_reap(self.storage, self.study, trial_id)
         self._done = told
 
 

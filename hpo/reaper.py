@@ -3,8 +3,14 @@
 A trial is stale when its heartbeat is older than the grace period, or when it has been RUNNING
 without any heartbeat for longer than that (its worker died between creating the trial and its
 first heartbeat, which a live worker records within a quarter of the grace period).
-No trial is judged while this process waits for the database, nor for a grace period (plus the
-longest backoff) after: other workers' heartbeats were held up too.
+
+Only time in which the database was reachable counts: a heartbeat is late by the time since the
+latest of its own beat, the database server's start (PostgreSQL's ``pg_postmaster_start_time``:
+a checker that arrives after a restart sees it) and the end of this process's own last wait for
+the database (a checker that was cut off itself). No trial is judged while this process waits.
+A worker that was cut off records its trial's heartbeat first thing when the database answers
+again (hpo.heartbeat), within a second of its return (hpo.storage's backoff): so an outage or
+restart of any length never makes a live trial stale.
 
 Every worker runs a reaper thread, so dead workers' trials come back however long the surviving
 workers' own trials take. Checks are throttled per study, and nothing ever switches them off.
@@ -51,9 +57,14 @@ class Reaper:
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.storage.grace_period()
-        if self.storage.outage.quiet_for() < grace + MAX_BACKOFF:
+        # Beats held up by an outage reach the database within the longest backoff of its return.
+        settle = grace + MAX_BACKOFF
+        if self.storage.outage.quiet_for() < settle:
             return []
-        now_db, running = self.storage.call(self._running_heartbeats, study_id)
+        now_db, up_for, running = self.storage.call(self._running_heartbeats, study_id)
+        # Reachable time: since this process last waited, and since the server started.
+        if min(self.storage.outage.quiet_for(), up_for) < settle:
+            return []
         now = time.monotonic()
         with self._lock:
             seen = {trial_id: self._first_seen_without_heartbeat.get(trial_id, now)
@@ -64,8 +75,9 @@ class Reaper:
         return late + [trial_id for trial_id, first in seen.items() if now - first > grace]
 
     def _running_heartbeats(self, study_id: int):
-        """(database time, [(trial id, last heartbeat or None)]) of the study's RUNNING trials,
-        in one query, timed by the database's clock as Optuna's own check is."""
+        """(database time, seconds the server has been up (infinite where unknown: SQLite),
+        [(trial id, last heartbeat or None)]) of the study's RUNNING trials, timed by the
+        database's clock as Optuna's own check is."""
         # Optuna has no public query for heartbeats; its ORM models are its schema
         # (tests/test_optuna_contract.py fails if they change).
         from optuna.storages._rdb import models  # private: no public heartbeat query
@@ -73,12 +85,16 @@ class Reaper:
         trial, beat = models.TrialModel, models.TrialHeartbeatModel
         with sqlalchemy.orm.Session(self.storage.engine) as session:
             now = session.execute(sqlalchemy.func.now()).scalar()
+            up_for = float("inf")
+            if session.bind.dialect.name == "postgresql":
+                up_for = session.execute(sqlalchemy.text(
+                    "SELECT now() - pg_postmaster_start_time()")).scalar().total_seconds()
             rows = (session.query(trial.trial_id, beat.heartbeat)
                     .outerjoin(beat, beat.trial_id == trial.trial_id)
                     .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING)
                     .all())
-        return now.replace(tzinfo=None), [(t, b.replace(tzinfo=None) if b else None)
-                                          for t, b in rows]
+        return now.replace(tzinfo=None), up_for, [(t, b.replace(tzinfo=None) if b else None)
+                                                  for t, b in rows]
 
 
 class ReaperThread(threading.Thread):

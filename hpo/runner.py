@@ -54,8 +54,8 @@ def config_from_trial(spec: TrialSpec, trial: optuna.Trial, image_size: int) -> 
     return config
 
 
-def _already_trained(trial: optuna.Trial, config: dict[str, Any], queued: bool
-                     ) -> optuna.trial.FrozenTrial | None:
+def _already_trained(trial: optuna.Trial, config: dict[str, Any], queued: bool,
+                     warm: bool = False) -> optuna.trial.FrozenTrial | None:
     """A trial of this study that trained, trains or will train exactly this config, or None.
 
     A sampler may propose a finished point again (its result is already in the study), and two
@@ -63,6 +63,7 @@ def _already_trained(trial: optuna.Trial, config: dict[str, Any], queued: bool
     to any twin that is running or queued: whichever of two such twins checks second sees the
     other's parameters, so at most one trains (both may give way; the point stays untried). A
     queued trial (a retry, a warm start) gives way only to an earlier queued or running twin.
+    The warm start (``warm``) never gives way to a pruned twin: the stage needs its value.
     """
     S = optuna.trial.TrialState
     trials = trial.study.get_trials(deepcopy=False)
@@ -73,7 +74,8 @@ def _already_trained(trial: optuna.Trial, config: dict[str, Any], queued: bool
     for other in trials:
         if other.number == trial.number or other.number in retried:
             continue
-        if other.state in (S.COMPLETE, S.PRUNED) and other.user_attrs.get("config") == config:
+        if other.state in ((S.COMPLETE,) if warm else (S.COMPLETE, S.PRUNED)) \
+                and other.user_attrs.get("config") == config:
             return other
         if queued and other.number > trial.number:
             continue
@@ -94,6 +96,10 @@ class _AlreadyTrained(Exception):
 
 
 class TrialRunner:
+    # Set when another worker's stale-trial check failed the running trial (hpo.heartbeat):
+    # training stops at the next batch and the trial ends as REAPED.
+    lost: threading.Event | None = None
+
     def __init__(self, spec: TrialSpec, data: DeviceData, checkpoints: CheckpointStore,
                  publisher: ArtifactPublisher, stop: threading.Event,
                  on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
@@ -122,7 +128,8 @@ class TrialRunner:
             return self._rejected(trial, f"impossible configuration, not trained: {e}")
         config_dict = config.to_dict()
         # The duplicate check reads the study while the model is built; training waits for it.
-        duplicate = self._on_the_side(lambda: _already_trained(trial, config_dict, queued),
+        warm = queued and "warm_start" in trial.user_attrs
+        duplicate = self._on_the_side(lambda: _already_trained(trial, config_dict, queued, warm),
                                       aside=True)
         # A retry inherits its user attributes, and so the checkpoint of the trial it retries;
         # a new trial's id is stored with its first checkpoint's pointer.
@@ -172,10 +179,16 @@ class TrialRunner:
             if self.on_epoch is not None:
                 self.on_epoch(trial, m)
 
+        def between_batches() -> None:
+            if self.lost is not None and self.lost.is_set():
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {trial.number} was failed by a stale-trial check")
+            reports.raise_if_pruned()
+
         try:
             try:
                 result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop,
-                             between_batches=reports.raise_if_pruned, on_model=on_model)
+                             between_batches=between_batches, on_model=on_model)
                 reports.settle()  # a prune decided during the last epoch still applies
             finally:
                 self.checkpoints.wait()  # every pointer names a complete checkpoint from here

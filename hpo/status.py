@@ -6,6 +6,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
+from hpo.retries import left_failed, left_failed_line
 
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
            TrialState.WAITING)
@@ -36,6 +37,7 @@ def study_rows(storage, only: str | None = None) -> list[dict]:
             "best": best.values[0] if best else None,
             "best_trial": best.number if best else None,
             "running_now": running,
+            "left_failed": left_failed(summary.system_attrs),
         })
     return rows
 
@@ -60,4 +62,6 @@ def status_table(storage, only: str | None = None) -> str:
         lines.append(f"{r['study']:<{wide}}{r['stage']:<{stage}}{r['complete']:>5}"
                      f"{r['pruned']:>7}{r['fail']:>7}{r['running']:>8}{r['waiting']:>8}  "
                      f"{best:<16}{' '.join(r['running_now']) or '-'}")
+    lines += [f"{r['study']}: {left_failed_line(number, record)}"
+              for r in rows for number, record in sorted(r["left_failed"].items())]
     return "\n\n".join(["\n".join(lines), *chains])

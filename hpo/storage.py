@@ -29,18 +29,22 @@ from typing import Any
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface fail_stale_trials checks
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError, HpoFailure
+from hpo.retries import MAX_RETRIES, RetryStale
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2")
 OUTAGE_LOG_EVERY = 10.0  # seconds between "still unreachable" lines
-FIRST_BACKOFF, MAX_BACKOFF = 0.5, 10.0  # seconds between retries while the database is away
+# Seconds between retries while the database is away: a returned database is noticed within a
+# second (a refused connection costs the server nothing), so the heartbeats of live trials
+# resume before any stale-trial check could mistake them for dead ones (hpo.reaper).
+FIRST_BACKOFF, MAX_BACKOFF = 0.25, 1.0
 
 
 class StorageError(HpoFailure):
@@ -85,24 +89,6 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.drivername == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return Path(parsed.database)
     return None
-
-
-MAX_RETRIES = 3  # a trial retried this many times is left failed (checked in _requeue_stale)
-_RETRY_STALE = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
-
-
-def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's retry of a trial failed by a stale-trial check, with a log line each side: a
-    trial failed without its retry after it would be lost, so both steps show in the log."""
-    log.info("trial %d of study %r failed: its heartbeat is late", trial.number,
-             study.study_name)
-    # The retry history Optuna's callback keeps in the trial's system attributes.
-    if len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRIES:
-        log.warning("trial %d of study %r not queued again: its worker died %d times",
-                    trial.number, study.study_name, MAX_RETRIES + 1)
-        return
-    _RETRY_STALE(study, trial)
-    log.info("trial %d of study %r queued again", trial.number, study.study_name)
 
 
 def engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
@@ -236,6 +222,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self.outage = Outage(rdb.url, outage_timeout)
         self.on_claim: Callable[[int, bool], None] | None = None  # (trial id, freshly created)
         self.stale_trial_ids: Callable[[int], list[int]] | None = None  # set by hpo.reaper
+        # Called first thing once the database answers again after an outage, before the call
+        # that waited (hpo.heartbeat: the running trial's heartbeat).
+        self.on_reconnect: Callable[[], None] | None = None
         self._local = threading.local()
 
     @property
@@ -257,6 +246,8 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         try:
             while True:
                 try:
+                    if waiting and self.on_reconnect is not None:
+                        self._reconnected()
                     result = method(*args, **kwargs)
                     recovered = True
                     return result
@@ -283,6 +274,16 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         finally:
             if waiting:
                 self.outage.stopped_waiting(recovered)
+
+    def _reconnected(self) -> None:
+        """``on_reconnect``; an outage error goes to the retry loop, any other is only logged
+        (it is not the waiting call's error)."""
+        try:
+            self.on_reconnect()
+        except Exception as e:
+            if is_outage(e):
+                raise
+            log.warning("heartbeat on reconnecting failed: %s", first_line(e))
 
     # Trials this process starts running: the heartbeat starts with them.
     def create_new_trial(self, study_id: int, template_trial=None) -> int:
@@ -330,7 +331,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     # RDB storage pickles itself without its engine and opens a new one.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_local", "outage", "on_claim", "stale_trial_ids"):
+        for name in ("_local", "outage", "on_claim", "stale_trial_ids", "on_reconnect"):
             del state[name]
         state["outage_timeout"] = self.outage.timeout
         return state
@@ -339,7 +340,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         timeout = state.pop("outage_timeout")
         self.__dict__.update(state)
         self.outage = Outage(self.url, timeout)
-        self.on_claim = self.stale_trial_ids = None
+        self.on_claim = self.stale_trial_ids = self.on_reconnect = None
         self._local = threading.local()
 
 
@@ -392,11 +393,13 @@ _LOCK_KEY = 0x6870_6F5F  # "hpo_": any constant shared by all hpo processes
 
 
 def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace: int | None = None,
-                 outage_timeout: float = 600.0, create: bool = True) -> RetryingStorage:
+                 outage_timeout: float = 600.0, create: bool = True,
+                 max_retries: int = MAX_RETRIES) -> RetryingStorage:
     """Connect to the study database, failing with one line if it is unreachable or refuses us.
 
     With ``heartbeat`` set, trials of dead workers are failed after ``grace`` seconds and queued
-    again (keeping their user attributes, hence their checkpoint) by Optuna's retry callback.
+    again (keeping their user attributes, hence their checkpoint), up to ``max_retries`` deaths
+    (hpo.retries).
     """
     url = resolve_url(flag)
     parsed = parse_url(url)
@@ -408,13 +411,14 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
             raise HpoError(f"storage {url!r}: {str(path)!r} does not exist; pass the --storage "
                            "the workers used (or set HPO_STORAGE)")
         _check_sqlite_file(url, path, create)
+    retry = RetryStale(max_retries)
     try:
         # Only a command that may create the tables takes the lock (and its lock file).
         with _schema_lock(url, parsed) if create else contextlib.nullcontext():
             rdb = RDBStorage(
                 url, engine_kwargs=engine_kwargs(parsed), heartbeat_interval=heartbeat,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=_requeue_stale if heartbeat else None)
+                heartbeat_stale_trial_callback=retry if heartbeat else None)
     except RuntimeError as e:
         if "no longer compatible with the table schema" not in str(e):
             raise
@@ -426,7 +430,9 @@ def open_storage(flag: str | None = None, *, heartbeat: int | None = None, grace
                           sqlite3.Error)) or is_outage(e):
             raise HpoFailure(f"cannot open storage {mask(url)}: {first_line(e)}") from None
         raise
-    return RetryingStorage(rdb, outage_timeout)
+    storage = RetryingStorage(rdb, outage_timeout)
+    retry.storage = storage
+    return storage
 
 
 def _check_sqlite_file(url: str, path: Path, writing: bool) -> None:

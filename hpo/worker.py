@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=at_least(1), default=10, help="heartbeat interval in seconds")
     p.add_argument("--grace", type=at_least(1), default=30,
                    help="seconds without heartbeat before a trial is failed and re-queued")
+    p.add_argument("--max-retries", type=at_least(0), default=3,
+                   help="a trial whose worker died (was found without a heartbeat) more than "
+                        "this many times is left failed; stop signals do not count (default 3)")
     p.add_argument("--outage-timeout", type=at_least(0, float), default=600,
                    help="how long to wait for an unreachable database before giving up")
     p.add_argument("--checkpoint-every", type=at_least(0), default=1, help="epochs between checkpoints (0: never)")
@@ -199,6 +202,7 @@ class _Session:
         runner = TrialRunner(spec, data, CheckpointStore(store), publisher, stop,
                              on_epoch=progress.epoch)
         heartbeat = Heartbeat(storage)
+        runner.lost = heartbeat.lost  # a trial failed under a live worker stops at once
         if settings.sampler == "grid":
             fallback = study.sampler  # the grid's next unvisited point, and its value lists
         else:
@@ -252,7 +256,7 @@ def run_worker(args: argparse.Namespace, device_name: str,
               settings_flags(args), args.after, args.from_file)
     check_artifact_folder(args.artifacts, url)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
-                           outage_timeout=args.outage_timeout)
+                           outage_timeout=args.outage_timeout, max_retries=args.max_retries)
     session = _Session(args, device, url, storage, stop)
     try:
         if chain is None:

@@ -513,6 +513,7 @@ WORKER = {
     "--jobs-per-device": flag_values("--jobs-per-device", int_at_least(1)),
     "--heartbeat": flag_values("--heartbeat", int_at_least(1)),
     "--grace": flag_values("--grace", int_at_least(1)),
+    "--max-retries": flag_values("--max-retries", int_at_least(0)),
     "--outage-timeout": flag_values("--outage-timeout", float_at_least_zero()),
     "--checkpoint-every": flag_values("--checkpoint-every", int_at_least(0)),
     "--bf16 / --quiet / --debug / --freeze-best-so-far": explicit_bool(

@@ -83,7 +83,7 @@ def test_reaper_reads_heartbeats_through_optunas_models(sqlite_url):
     number = study.ask().number
     study.tell(number, 1.0)
     finished = _trial_id(storage, study, number)
-    now, running = storage.call(Reaper(storage)._running_heartbeats, study_id)
+    now, _up_for, running = storage.call(Reaper(storage)._running_heartbeats, study_id)
     assert isinstance(now, datetime.datetime)
     beats = dict(running)
     assert set(beats) == {beating, silent} and finished not in beats

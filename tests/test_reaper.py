@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from hpo.heartbeat import Heartbeat
 from hpo.reaper import Reaper
+from hpo.status import status_table
 from hpo.storage import MAX_BACKOFF, DatabaseUnavailable, open_storage
 from tests.workers import wait_for
 
@@ -141,7 +142,7 @@ def test_heartbeat_thread_beats_soon_after_a_claim_and_not_for_a_trial_already_o
     reaper = Reaper(storage)
 
     def beats() -> dict:
-        return dict(storage.call(reaper._running_heartbeats, study_id)[1])
+        return dict(storage.call(reaper._running_heartbeats, study_id)[2])
 
     heartbeat = Heartbeat(storage)
     heartbeat.start()
@@ -155,19 +156,113 @@ def test_heartbeat_thread_beats_soon_after_a_claim_and_not_for_a_trial_already_o
         heartbeat.stop()
 
 
-@pytest.mark.parametrize("retried_before, queued", [(0, True), (2, True), (3, False)])
-def test_a_stale_trial_is_queued_again_until_its_retry_limit(retried_before, queued):
-    from hpo.storage import MAX_RETRIES, _requeue_stale
-
-    assert MAX_RETRIES == 3
-    study = optuna.create_study()
+def _failed_trial(study: optuna.Study, **attrs) -> optuna.trial.FrozenTrial:
     study.add_trial(optuna.create_trial(
         state=TrialState.FAIL, params={"x": 0.5},
-        distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
-        system_attrs={"retry_history": list(range(retried_before))} if retried_before else {}))
-    _requeue_stale(study, study.trials[0])
+        distributions={"x": optuna.distributions.FloatDistribution(0, 1)}, **attrs))
+    return study.trials[-1]
+
+
+@pytest.mark.parametrize("died_before, queued", [(0, True), (2, True), (3, False)])
+def test_a_stale_trial_is_queued_again_until_its_worker_died_more_than_max_retries(
+        sqlite_url, died_before, queued):
+    from hpo.retries import DEATHS, MAX_RETRIES, RetryStale, left_failed
+
+    assert MAX_RETRIES == 3  # the documented default of --max-retries
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(study_name="limit", storage=storage)
+    # Stops in the line do not count: three stopped retries, then died_before deaths.
+    history = list(range(3 + died_before))
+    trial = _failed_trial(study, system_attrs={"retry_history": history,
+                                               DEATHS: history[3:]})
+    retry = RetryStale()
+    retry.storage = storage
+    retry(study, trial)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == int(queued)
+    marked = left_failed(storage.get_study_system_attrs(storage.get_study_id_from_name("limit")))
     if queued:
         assert waiting[0].params == {"x": 0.5}
-        assert len(waiting[0].system_attrs["retry_history"]) == retried_before + 1
+        assert waiting[0].system_attrs["retry_history"] == [*history, trial.number]
+        assert waiting[0].system_attrs[DEATHS] == [*history[3:], trial.number]
+        assert not marked
+    else:
+        assert marked == {trial.number: {"deaths": 4, "max_retries": 3}}
+        from optuna_dashboard import get_note  # the stage note says so too
+
+        assert f"trial {trial.number} left failed: its worker died 4 times" in get_note(study)
+        status = status_table(storage)
+        assert f"limit: trial {trial.number} left failed: its worker died 4 times " \
+               "(--max-retries 3)" in status, status
+
+
+def test_a_warm_start_whose_worker_died_past_the_limit_is_queued_again(sqlite_url):
+    from hpo.retries import DEATHS, RetryStale
+
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(study_name="warm", storage=storage)
+    source = {"study": "before", "trial": 3}
+    trial = _failed_trial(study, user_attrs={"warm_start": source, "checkpoint": {"epoch": 2}},
+                          system_attrs={"retry_history": [0, 1, 2], DEATHS: [0, 1, 2]})
+    retry = RetryStale(max_retries=3)
+    retry.storage = storage
+    retry(study, trial)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].user_attrs == {"warm_start": source, "checkpoint": {"epoch": 2}}
+    assert waiting[0].params == trial.params
+
+
+def test_a_worker_alive_after_its_trial_was_reaped_takes_the_death_back(sqlite_url):
+    from hpo.retries import DEATHS, REAPED_ALIVE, RetryStale, alive_after_reap, left_failed
+
+    storage = open_storage(sqlite_url, heartbeat=1, grace=1)
+    study = optuna.create_study(study_name="alive", storage=storage)
+    study_id = storage.get_study_id_from_name("alive")
+    retry = RetryStale(max_retries=0)  # the first death leaves a trial failed
+    retry.storage = storage
+
+    # Its retry waiting: the death comes off the retry's count.
+    first = _failed_trial(study)
+    RetryStale(max_retries=1).__call__(study, first)
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert waiting.system_attrs[DEATHS] == [first.number]
+    alive_after_reap(storage, study, storage.get_trial_id_from_study_id_trial_number(
+        study_id, first.number))
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert waiting.system_attrs[DEATHS] == [] and waiting.system_attrs[REAPED_ALIVE] == [0]
+
+    # Left failed by the limit: queued again, and no longer shown as left failed.
+    second = _failed_trial(study)
+    retry(study, second)
+    assert second.number in left_failed(storage.get_study_system_attrs(study_id))
+    alive_after_reap(storage, study, storage.get_trial_id_from_study_id_trial_number(
+        study_id, second.number))
+    assert not left_failed(storage.get_study_system_attrs(study_id))
+    again = [t for t in study.get_trials(states=(TrialState.WAITING,))
+             if t.system_attrs["failed_trial"] == second.number]
+    assert len(again) == 1 and again[0].system_attrs[DEATHS] == []
+
+
+def test_heartbeat_notices_its_trial_failed_by_another_workers_check_and_not_its_own_tell(
+        sqlite_url):
+    storage = open_storage(sqlite_url, heartbeat=1, grace=2)
+    study = optuna.create_study(study_name="lost", storage=storage)
+    study_id = storage.get_study_id_from_name("lost")
+    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+           for _ in range(2)]
+    other = open_storage(sqlite_url, heartbeat=1, grace=2)  # another worker's stale-trial check
+    heartbeat = Heartbeat(storage)
+    heartbeat.start()
+    try:
+        heartbeat.track(ids[0])
+        other.set_trial_state_values(ids[0], TrialState.FAIL)
+        wait_for(heartbeat.lost.is_set, 30, "the heartbeat to notice its trial was failed")
+        heartbeat.track(ids[1])  # the next trial: not lost
+        assert not heartbeat.lost.is_set()
+        heartbeat.track(None)  # the worker tells its own end untracked (hpo.loop)
+        storage.set_trial_state_values(ids[1], TrialState.FAIL)
+        time.sleep(0)  # nothing to wait for: an untracked trial is never read
+        assert not heartbeat.lost.is_set()
+    finally:
+        heartbeat.stop()

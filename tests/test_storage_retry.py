@@ -222,16 +222,38 @@ def test_storage_pickles_and_the_copy_works(mode, request, tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}" if mode == "sqlite" else request.getfixturevalue("pg_url")
     storage = open_storage(url, heartbeat=5, grace=20, outage_timeout=7)
     claimed = []
-    storage.on_claim = lambda trial_id, fresh: claimed.append(trial_id)  # this process's hook
+    storage.on_claim = lambda trial_id, fresh: claimed.append(trial_id)  # this process's hooks
+    storage.on_reconnect = lambda: None
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     study.tell(study.ask(), 0.25)  # the engine, the trial cache and the outage lock in use
 
     copy = pickle.loads(pickle.dumps(storage))
     assert copy.outage.timeout == 7 and copy.grace_period() == 20
-    assert copy.on_claim is None and copy.stale_trial_ids is None  # hooks stay behind
+    assert copy.on_claim is None and copy.stale_trial_ids is None and copy.on_reconnect is None
     again = optuna.load_study(study_name="s", storage=copy)
     again.tell(again.ask(), 0.75)
     assert [t.value for t in study.get_trials()] == [0.25, 0.75]
     assert len(claimed) == 1  # the copy's trial did not run the original's hook
     copy.dispose()
     storage.dispose()
+
+
+def test_a_returned_database_gets_the_heartbeat_first_and_is_noticed_within_a_second(sqlite_url):
+    from hpo.storage import MAX_BACKOFF
+
+    assert MAX_BACKOFF <= 1.0  # the longest sleep between two tries while the database is away
+    storage = open_storage(sqlite_url, outage_timeout=60)
+    calls = []
+
+    def database(what):  # away for the first three requests, whatever they are
+        calls.append(what)
+        if len(calls) <= 3:
+            raise _operational(_PgError("server closed the connection unexpectedly", "08006"))
+        return "answered"
+
+    beat = lambda: database("beat")  # noqa: E731
+    statement = lambda: database("statement")  # noqa: E731
+    storage.on_reconnect = beat
+    assert storage.call(statement) == "answered"
+    # Tried first as usual; after each wait the heartbeat goes first, the statement after it.
+    assert calls == ["statement", "beat", "beat", "beat", "statement"], calls
