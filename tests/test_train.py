@@ -15,8 +15,9 @@ from hpo.config import OPTIMIZERS, SCHEDULERS, from_dict
 from hpo.data import DeviceData
 from hpo.errors import HpoError
 from hpo.model import build_model, count_parameters, penalised_weights
-from hpo.train import (MATMUL_PRECISIONS, Interrupted, configure_backend, evaluate, fit, host_copy,
-                       make_optimizer, make_scheduler, resolve_device, restore, snapshot)
+from hpo.train import (MATMUL_PRECISIONS, READY_KEY, Interrupted, configure_backend, evaluate,
+                       fit, host_copy, make_optimizer, make_scheduler, resolve_device, restore,
+                       snapshot)
 
 TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
 
@@ -337,8 +338,17 @@ def test_train_snapshot_of_device_state_lands_on_host(monkeypatch):
         return torch.zeros(16, dtype=torch.uint8)
 
     monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+    recorded = []
+
+    class Event:  # the copies are queued, not waited for: an event says when they are done
+        def record(self, stream):
+            recorded.append(stream)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
     state = snapshot(model, optimizer, scheduler, [], 0.0, torch.device("cuda", 0))
     assert calls == [torch.device("cuda", 0)]
+    assert isinstance(state.pop(READY_KEY), Event) and recorded == ["stream of cuda:0"]
     assert {t.device.type for t in tensors(state["model"])} == {"cpu"}
     assert {t.device.type for t in tensors(state["optimizer"])} == {"cpu"}
     for key in ("rng_cpu", "rng_cuda"):
