@@ -14,13 +14,14 @@ import re
 import warnings
 from pathlib import Path
 
-from hpo.errors import HpoError
+from hpo.errors import HpoFailure
 
 PROC = Path("/proc/driver/nvidia")
 DEV = Path("/dev")
 
 
-def nvidia_present(proc: Path = PROC, dev: Path = DEV) -> bool:
+def nvidia_present(proc: Path | None = None, dev: Path | None = None) -> bool:
+    proc, dev = proc or PROC, dev or DEV
     gpus = proc / "gpus"
     try:
         if gpus.is_dir() and any(gpus.iterdir()):
@@ -35,8 +36,9 @@ def hidden_on_purpose(env: dict[str, str] | None = None) -> bool:
     return visible is not None and visible.strip() in ("", "-1", "NoDevFiles")
 
 
-def driver_version(proc: Path = PROC) -> str:
+def driver_version(proc: Path | None = None) -> str:
     """The kernel driver's version, e.g. '535.104.05', or 'unknown'."""
+    proc = proc or PROC
     try:
         text = (proc / "version").read_text()
     except OSError:
@@ -65,15 +67,15 @@ def cuda_usable() -> tuple[bool, str]:
     return usable, reasons[0] if reasons else ""
 
 
-def check_gpus_usable(proc: Path = PROC, dev: Path = DEV) -> None:
-    """HpoError, one line, where NVIDIA GPUs are present and visible but torch cannot use
+def check_gpus_usable(proc: Path | None = None, dev: Path | None = None) -> None:
+    """HpoFailure (exit 1), one line, where NVIDIA GPUs are present and visible but torch cannot use
     them; nothing otherwise."""
     if hidden_on_purpose() or not nvidia_present(proc, dev):
         return
     usable, reason = cuda_usable()
     if usable:
         return
-    raise HpoError(f"this machine has NVIDIA GPUs (driver {driver_version(proc)}) but "
+    raise HpoFailure(f"this machine has NVIDIA GPUs (driver {driver_version(proc)}) but "
                    f"{torch_build()} cannot use them"
                    + (f" ({reason.rstrip('.')})" if reason else "")
                    + "; install a torch wheel built for this driver's CUDA, or pass "
