@@ -113,7 +113,8 @@ def table(summaries: list[dict]) -> str:
             f"{'fp32 spread':>13}{'speed':>7}  parity"]
     for s in summaries:
         rows.append(f"{s['summary']:<9}{s['fp32_mean']:>8.3f}{s['bf16_mean']:>8.3f}"
-                    f"{s['mean_gap']:>+10.3f}{s['largest_gap']:>+9.3f}{s['fp32_seed_spread']:>13.3f}"
+                    f"{s['mean_gap']:>+10.3f}{s['largest_gap']:>+9.3f}"
+                    f"{s['fp32_seed_spread']:>13.3f}"
                     f"{s['bf16_vs_fp32_img_per_s']:>6.2f}x  {'yes' if s['parity'] else 'NO'}")
     return "\n".join(rows)
 

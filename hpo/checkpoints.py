@@ -106,7 +106,7 @@ class CheckpointStore:
                 blob = reader.read()
             # Never the training device: RNG states must stay CPU ByteTensors, and a checkpoint
             # written on CUDA must load on a machine without it.
-            with warnings.catch_warnings():  # e.g. "pickle protocol 4": the warning line below says it
+            with warnings.catch_warnings():  # e.g. "pickle protocol 4": the line below says it
                 warnings.simplefilter("ignore")
                 state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:

@@ -127,7 +127,8 @@ def cmd_create_study(args: argparse.Namespace) -> int:
     study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
                                            args.from_file, args.freeze_best_so_far)
     print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "
-          f"{settings.epochs} epochs, {settings.sampler} sampler, {settings.precision}, frozen from "
+          f"{settings.epochs} epochs, {settings.sampler} sampler, {settings.precision}, "
+          f"frozen from "
           f"{study.user_attrs.get('frozen_from')})")
     return 0
 
@@ -252,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine: pass it explicitly when creating from a machine without the "
                         "workers' GPUs)")
     c.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
-    c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul and convolution precision: highest | high | medium")
+    c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
+                   help="float32 matmul and convolution precision: highest | high | medium")
     c.add_argument("--deterministic", action="store_true",
                    help="cuDNN's deterministic algorithms: exact re-trains on a GPU, slower")
     c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")

@@ -68,8 +68,8 @@ def cuda_usable() -> tuple[bool, str]:
 
 
 def check_gpus_usable(proc: Path | None = None, dev: Path | None = None) -> None:
-    """HpoFailure (exit 1), one line, where NVIDIA GPUs are present and visible but torch cannot use
-    them; nothing otherwise."""
+    """HpoFailure (exit 1), one line, where NVIDIA GPUs are present and visible but torch
+    cannot use them; nothing otherwise."""
     if hidden_on_purpose() or not nvidia_present(proc, dev):
         return
     usable, reason = cuda_usable()

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "is created (auto: bf16 where the device computes it natively, else "
                         "fp32); every worker and hpo train use it (default auto)")
     p.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
-    p.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul and convolution precision: highest | high (TF32) | medium "
-                                              "(a study setting; default highest)")
+    p.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
+                   help="float32 matmul and convolution precision: highest | high (TF32) | "
+                        "medium (a study setting; default highest)")
     p.add_argument("--deterministic", action="store_true",
                    help="cuDNN's deterministic algorithms, so a re-train on a GPU is exact (a "
                         "study setting; slower convolutions; default off)")
