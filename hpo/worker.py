@@ -300,6 +300,8 @@ def run_chain(session: _Session, stages) -> None:
     args, storage = session.args, session.storage
     record = chains.open_chain(storage, args.chain_name, stages, settings_flags(args),
                                session.device)
+    log.info("chain %r trains in %s (decided when the chain was created)", args.chain_name,
+             chains.stage_flags(record)["precision"])
     existing = {s.study_name for s in storage.get_all_studies()}
     previous = None
     if args.after is None and stages[0].builds_on is not None:
