@@ -8,11 +8,15 @@ Three loops share the model, optimizer, batch size and augmentation (flip + 4px 
   ``DataLoader(shuffle=True, num_workers=N)``, the way the course reports trained;
 - ``compute_bound``: the same step repeated on one pre-made, normalised batch (no data work).
 
-Rounds interleave the loops (in alternating order) so machine noise hits all of them; each
-measurement skips a few warm-up batches, then times a fixed number of images. Output is one JSON
-line per measurement and one summary line (medians over rounds) per architecture.
+Each loop runs in every precision asked (``--precisions``, default fp32 and bf16: autocast as
+``hpo.train.fit`` uses it). Rounds interleave loops and precisions (in alternating order) so
+machine noise hits all of them; each measurement skips a few warm-up batches, then times a fixed
+number of images. Output is one JSON line per measurement and one summary line (medians over
+rounds) per architecture and precision, then one line per architecture with bf16's speed over
+float32's.
 
     .venv/bin/python benchmarks/trainer_throughput.py [--device cuda] [--rounds 3]
+    .venv/bin/python benchmarks/trainer_throughput.py --loops ours --archs medium reports
 """
 
 from __future__ import annotations
@@ -54,13 +58,15 @@ ARCHITECTURES = {
 }
 TARGET_VS_CONVENTIONAL = {"small": 2.5}  # ours / conventional
 TARGET_VS_COMPUTE_BOUND = 0.90  # ours / compute_bound, every architecture
+TARGET_BF16_SPEEDUP = {"medium": 1.5, "reports": 1.5}  # bf16 / fp32 of ours (AVX512-BF16 CPUs)
+PRECISIONS = ("fp32", "bf16")
 
 
 class Trainer:
     """Model, optimizer and training step set up and taken exactly as ``hpo.train.fit`` does."""
 
-    def __init__(self, config: Config, data: DeviceData):
-        self.device = data.device
+    def __init__(self, config: Config, data: DeviceData, bf16: bool = False):
+        self.device, self.bf16 = data.device, bf16
         torch.manual_seed(config.seed)
         model = build_model(config, data.num_classes, data.image_size, data.in_channels)
         model = model.to(self.device).to(memory_format=torch.channels_last)
@@ -70,7 +76,7 @@ class Trainer:
         self.correct = torch.zeros((), device=self.device, dtype=torch.int64)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=False):  # fit, bf16 off
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):  # as fit
             out = self.model(x)
         loss = F.cross_entropy(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -137,9 +143,9 @@ def batches(loop: str, data: DeviceData, loader: torch.utils.data.DataLoader, ep
 
 
 def measure(loop: str, config: Config, data: DeviceData, loader: torch.utils.data.DataLoader,
-            n_batches: int, warmup: int, epoch: int) -> tuple[int, float]:
+            n_batches: int, warmup: int, epoch: int, bf16: bool = False) -> tuple[int, float]:
     """(images, seconds) of n_batches timed training steps after warmup untimed ones."""
-    trainer = Trainer(config, data)
+    trainer = Trainer(config, data, bf16)
     source = batches(loop, data, loader, epoch)
     try:
         for x, y in itertools.islice(source, warmup):
@@ -175,33 +181,51 @@ def run(args: argparse.Namespace) -> None:
     log.info("device %s, %d torch threads, %d DataLoader workers, train subset %d images",
              device, torch.get_num_threads(), args.workers, train_size)
     loader = conventional_loader(data, args.batch_size, args.workers)
+    loops = [loop for loop in LOOPS if loop in args.loops]
+    runs = [(loop, precision) for loop in loops for precision in args.precisions]
     for name, (knobs, _) in archs.items():
         config = Config(**knobs, batch_size=args.batch_size, flip=True, crop_padding=CROP_PADDING)
-        rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
+        rates: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
         for r in range(args.rounds):
-            for loop in (LOOPS if r % 2 == 0 else LOOPS[::-1]):
+            for loop, precision in (runs if r % 2 == 0 else runs[::-1]):
                 images, seconds = measure(loop, config, data, loader, n_batches[name],
-                                          args.warmup, epoch=r)
-                rates[loop].append(images / seconds)
-                emit({"arch": name, "round": r + 1, "loop": loop, "images": images,
-                      "seconds": round(seconds, 3), "img_per_s": round(images / seconds, 1)})
-        med = {loop: statistics.median(v) for loop, v in rates.items()}
-        vs_conv = med["ours"] / med["conventional"]
-        vs_bound = med["ours"] / med["compute_bound"]
-        target_conv = TARGET_VS_CONVENTIONAL.get(name)
-        emit({"summary": name, "device": str(device), "threads": torch.get_num_threads(),
-              "batch_size": args.batch_size, "workers": args.workers,
-              "images": n_batches[name] * args.batch_size, "rounds": args.rounds,
-              **{f"{loop}_img_per_s": round(v, 1) for loop, v in med.items()},
-              # contention only ever slows a round down: a median far below the best means the
-              # machine was busy and the ratios are suspect
-              "best_img_per_s": {loop: round(max(v), 1) for loop, v in rates.items()},
-              "ours_vs_conventional": round(vs_conv, 3),
-              "ours_vs_compute_bound": round(vs_bound, 3),
-              "target_ours_vs_conventional": target_conv,
-              "target_ours_vs_compute_bound": TARGET_VS_COMPUTE_BOUND,
-              "targets_met": ((target_conv is None or vs_conv >= target_conv)
-                              and vs_bound >= TARGET_VS_COMPUTE_BOUND)})
+                                          args.warmup, epoch=r, bf16=precision == "bf16")
+                rates[(loop, precision)].append(images / seconds)
+                emit({"arch": name, "round": r + 1, "loop": loop, "precision": precision,
+                      "images": images, "seconds": round(seconds, 3),
+                      "img_per_s": round(images / seconds, 1)})
+        medians = {run: statistics.median(v) for run, v in rates.items()}
+        for precision in args.precisions:
+            med = {loop: medians[(loop, precision)] for loop in loops}
+            summary = {"summary": name, "precision": precision, "device": str(device),
+                       "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+                       "workers": args.workers, "images": n_batches[name] * args.batch_size,
+                       "rounds": args.rounds,
+                       **{f"{loop}_img_per_s": round(v, 1) for loop, v in med.items()},
+                       # contention only ever slows a round down: a median far below the best
+                       # means the machine was busy and the ratios are suspect
+                       "best_img_per_s": {loop: round(max(rates[(loop, precision)]), 1)
+                                          for loop in loops}}
+            met = True
+            if "conventional" in med and "ours" in med:
+                vs_conv = med["ours"] / med["conventional"]
+                target_conv = TARGET_VS_CONVENTIONAL.get(name)
+                summary.update(ours_vs_conventional=round(vs_conv, 3),
+                               target_ours_vs_conventional=target_conv)
+                met = met and (target_conv is None or vs_conv >= target_conv)
+            if "compute_bound" in med and "ours" in med:
+                vs_bound = med["ours"] / med["compute_bound"]
+                summary.update(ours_vs_compute_bound=round(vs_bound, 3),
+                               target_ours_vs_compute_bound=TARGET_VS_COMPUTE_BOUND)
+                met = met and vs_bound >= TARGET_VS_COMPUTE_BOUND
+            summary["targets_met"] = met
+            emit(summary)
+        if {"fp32", "bf16"} <= set(args.precisions):
+            # per round, side by side: the ratio of each round's pair, then their median
+            emit({"speedup": name, "bf16_vs_fp32": {
+                loop: round(statistics.median(b / f for b, f in zip(rates[(loop, "bf16")],
+                                                                    rates[(loop, "fp32")])), 3)
+                for loop in loops}, "target_ours": TARGET_BF16_SPEEDUP.get(name)})
 
 
 def dataset_name(value: str) -> str:
@@ -227,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
     p.add_argument("--workers", type=int, default=2, help="conventional DataLoader workers")
     p.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
+    p.add_argument("--loops", nargs="+", choices=LOOPS, default=list(LOOPS))
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     args = p.parse_args(argv)
     for flag, low in (("batch_size", 1), ("images", 1), ("rounds", 1), ("warmup", 0),
                       ("workers", 0)):

@@ -31,7 +31,7 @@ SETUP_WAIT = 60.0
 TRIALS = {"stage1_layers": 20, "stage2_fc": 17, "stage3_filters": 12, "stage4_conv": 20,
           "stage5_regularization": 20, "stage6_batchnorm": 4, "stage7_optimizer": 12,
           "stage8_schedule": 20}
-DEFAULTS = {"epochs": 10, "sampler": "tpe", "pruner": "median"}
+DEFAULTS = {"epochs": 10, "sampler": "tpe", "pruner": "median", "deterministic": False}
 # Where a chain's stage has nothing to freeze (its first stage, unless --from names a file), it
 # starts from the documented defaults plus batch norm in the conv layers, a cosine schedule and
 # random flips: after 100, 200 and 300 epochs that start was ahead of the plain defaults on all
@@ -40,7 +40,7 @@ DEFAULTS = {"epochs": 10, "sampler": "tpe", "pruner": "median"}
 BASE = {**STAGE_DEFAULTS, "conv_batchnorm": True, "scheduler": "cosine", "flip": True}
 # What a chain's workers must agree on (hpo.study.Settings fields, less the per-stage budget).
 SHARED = ("dataset", "train_size", "val_fraction", "epochs", "n_trials", "sampler", "pruner",
-          "seed", "objectives", "bf16", "matmul_precision")
+          "seed", "objectives", "precision", "matmul_precision", "deterministic")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -104,8 +104,12 @@ def chain_settings(flags: dict[str, Any], stages: list[Stage]) -> dict[str, Any]
     return {"stages": [s.name for s in stages], **given}
 
 
-def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any]) -> dict[str, Any]:
-    """Create the chain's record or join it; a worker whose chain differs is refused by name."""
+def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any],
+               device=None) -> dict[str, Any]:
+    """Create the chain's record or join it; a worker whose chain differs is refused by name.
+    The creator decides ``--precision auto`` for its ``device``, once, for every stage."""
+    from hpo.precision import from_record, resolve
+
     wanted = chain_settings(flags, stages)
     try:
         # The stages' directions: the dashboard lists the record with them, not as MINIMIZE.
@@ -114,6 +118,7 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any]) -
     except optuna.exceptions.DuplicatedStudyError:
         record = optuna.load_study(study_name=name, storage=storage)
     else:
+        wanted["precision"] = resolve(wanted["precision"], device)[0]
         record.set_user_attr("description", f"chain {' -> '.join(wanted['stages'])}: "
                                             "its settings; the stages are the studies "
                                             f"{name}.<stage>")
@@ -122,10 +127,11 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any]) -
         record.set_user_attr("chain", f"{wanted['stages'][0]}..{wanted['stages'][-1]}")
         return wanted
     stored = _wait_for_record(storage, record)
+    stored = {**stored, "precision": from_record(stored)}  # older chains: their bf16 flag
     for key, value in wanted.items():
         given = flags.get(key) if key in SHARED else value
-        if key in SHARED and given is None:
-            continue  # not given on this command line: the chain's value holds
+        if key in SHARED and given in (None, "auto"):
+            continue  # not given on this command line (or auto): the chain's value holds
         if stored.get(key) != value:
             shown = (lambda v: "..".join((v[0], v[-1])) if key == "stages" else v)
             flag = "--chain" if key == "stages" else f"--{key.replace('_', '-')}"
@@ -148,4 +154,7 @@ def _wait_for_record(storage, record: optuna.Study) -> dict[str, Any]:
 
 def stage_flags(chain: dict[str, Any]) -> dict[str, Any]:
     """A stage study's settings flags under the chain (its budget is passed apart)."""
-    return {k: chain.get(k) for k in SHARED if k != "n_trials"}
+    from hpo.precision import from_record
+
+    return {**{k: chain.get(k) for k in SHARED if k != "n_trials"},
+            "precision": from_record(chain)}

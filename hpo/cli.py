@@ -39,11 +39,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the same thread count as the trial: CPU float reductions, hence results, depend on it
         torch.set_num_threads(threads)
         print(f"{threads} CPU thread(s){'' if args.threads is not None else ', as the trial ran'}")
-    # Precision is part of the result: the trial's bf16 and matmul precision unless overridden.
-    bf16 = args.bf16 or bool(doc.get("bf16", False))
-    configure_backend(device, args.matmul_precision or doc.get("matmul_precision") or "highest")
-    if bf16:
-        print("bf16 autocast" + ("" if args.bf16 else ", as the trial ran"))
+    # Precision is part of the result: the trial's unless overridden (hpo.precision).
+    precision, why = train_precision(args, doc, device)
+    deterministic = args.deterministic or bool(doc.get("deterministic", False))
+    configure_backend(device, args.matmul_precision or doc.get("matmul_precision") or "highest",
+                      deterministic)
+    print(f"precision {precision} ({why})" + (", deterministic" if deterministic else ""))
+    bf16 = precision == "bf16"
     images = data.load(dataset, device, doc.get("val_fraction", 0.1), doc.get("split_seed", 0),
                        train_size)
 
@@ -70,6 +72,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "classes": images.classes, "history": result.history_dicts()}, args.output)
         print(f"checkpoint written to {args.output}")
     return 0
+
+
+def train_precision(args: argparse.Namespace, doc: dict, device) -> tuple[str, str]:
+    """(fp32 or bf16, why) for hpo train: --precision/--bf16, else the exported trial's, else
+    auto for this device."""
+    from hpo.precision import flag_value, from_record, resolve
+
+    asked = flag_value(args)
+    if asked is None and ("precision" in doc or "bf16" in doc):
+        return from_record(doc), "as the trial ran"
+    return resolve(asked, device)
 
 
 def check_output_file(output: str) -> None:
@@ -114,7 +127,8 @@ def cmd_create_study(args: argparse.Namespace) -> int:
     study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
                                            args.from_file, args.freeze_best_so_far)
     print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "
-          f"{settings.epochs} epochs, {settings.sampler} sampler, frozen from "
+          f"{settings.epochs} epochs, {settings.sampler} sampler, {settings.precision}, "
+          f"frozen from "
           f"{study.user_attrs.get('frozen_from')})")
     return 0
 
@@ -182,6 +196,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from hpo.flags import OneLineParser, at_least, between, one_of
     from hpo.objectives import KNOWN as OBJECTIVES
+    from hpo.precision import PRECISIONS
     from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
 
     p = OneLineParser(prog="hpo", description=(
@@ -203,10 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=at_least(1), help="override the config's epochs")
     t.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast (default: as the exported trial ran)")
+    t.add_argument("--precision", type=one_of(*PRECISIONS),
+                   help="auto | fp32 | bf16 (default: as the exported trial ran, else auto: bf16 "
+                        "where the device computes it natively)")
+    t.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     t.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
                    help="highest | high | medium (default: as the exported trial ran)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="cuDNN's deterministic algorithms (default: as the exported trial ran)")
     t.add_argument("--threads", type=at_least(1),
                    help="CPU threads (default: the export's, so results match the trial)")
     t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
@@ -231,8 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
     c.add_argument("--freeze-best-so-far", action="store_true",
                    help="freeze the predecessor's best now, even while it still runs")
-    c.add_argument("--bf16", action="store_true", help="bf16 autocast for every trial")
-    c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul precision: highest | high | medium")
+    c.add_argument("--precision", type=one_of(*PRECISIONS),
+                   help="auto | fp32 | bf16 for every trial (default auto, decided here for this "
+                        "machine: pass it explicitly when creating from a machine without the "
+                        "workers' GPUs)")
+    c.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
+    c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
+                   help="float32 matmul and convolution precision: highest | high | medium")
+    c.add_argument("--deterministic", action="store_true",
+                   help="cuDNN's deterministic algorithms: exact re-trains on a GPU, slower")
     c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")
     c.add_argument("--update", action="store_true",
                    help="change an existing study's budget (--n-trials); running workers follow")

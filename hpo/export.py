@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from hpo import study_records
 from hpo.errors import HpoError
+from hpo.precision import from_record
 
 FORMAT = "hpo-export/1"
 
@@ -68,8 +69,10 @@ def trial_document(study: optuna.Study, trial: optuna.trial.FrozenTrial,
         "train_size": settings.get("train_size"),
         "val_fraction": settings.get("val_fraction", 0.1),
         "split_seed": settings.get("split_seed", 0),
-        "bf16": settings.get("bf16", False),
+        "precision": from_record(settings),
+        "bf16": from_record(settings) == "bf16",  # for hpo versions before "precision"
         "matmul_precision": settings.get("matmul_precision", "highest"),
+        "deterministic": settings.get("deterministic", False),
         "frozen_from": records.get("frozen_from"),
         "versions": versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -1,5 +1,9 @@
 """Several worker slots on one machine: one child process per slot, each pinned to its GPU
-through CUDA_VISIBLE_DEVICES, supervised here with SIGINT/SIGTERM forwarded."""
+through CUDA_VISIBLE_DEVICES, supervised here with SIGINT/SIGTERM forwarded.
+
+GPU indices are those this process sees: where CUDA_VISIBLE_DEVICES is already set (SLURM, a
+container, by hand), a child gets the entry at that index (a number, a UUID or a MIG id), never
+the index itself, which would name another user's GPU."""
 
 from __future__ import annotations
 
@@ -29,14 +33,45 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def visible_device(index: str, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a child pinned to the GPU this process sees as ``index``."""
+    entries = [e.strip() for e in (inherited or "").split(",") if e.strip()]
+    if not entries:
+        return index
+    if int(index) >= len(entries):
+        raise HpoError(f"GPU {index} is not among CUDA_VISIBLE_DEVICES={inherited!r}")
+    return entries[int(index)]
+
+
+def cpu_threads(slots: int, env: dict[str, str] | None = None) -> int:
+    """Each slot's share of the CPU threads this launcher has: OMP_NUM_THREADS where set (the
+    sbatch script sets it to the task's cores), else the cores it may run on (its affinity:
+    what SLURM or a container allows, not the machine's count)."""
+    given = (os.environ if env is None else env).get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        cores = int(given)
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    return max(1, cores // slots)
+
+
 def plan_slots(devices: str, jobs_per_device: int) -> list[Slot]:
-    """Turn ``--devices`` and ``--jobs-per-device`` into slots, checking every device exists."""
+    """Turn ``--devices`` and ``--jobs-per-device`` into slots, checking every device exists.
+    ``auto`` where NVIDIA GPUs are present but torch cannot use them is an error, not a quiet
+    fall-back to the CPU (hpo.cuda_check); ``cpu`` asks for the CPU and is never refused."""
     if jobs_per_device < 1:
         raise HpoError(f"--jobs-per-device {jobs_per_device} is invalid; allowed: 1 or more")
     names = [d.strip() for d in devices.split(",") if d.strip()]
     if not names:
         raise HpoError(f"--devices {devices!r} is invalid; allowed: auto, cpu, cuda:N "
                        "(comma-separated)")
+    if any(name != "cpu" for name in names):
+        from hpo.cuda_check import check_gpus_usable
+
+        check_gpus_usable()
     if names == ["auto"]:
         count = _cuda_count()
         names = [f"cuda:{i}" for i in range(count)] or ["cpu"]
@@ -85,7 +120,8 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
     """
     children: list[subprocess.Popen] = []
     stopping: list[int] = []  # the signal received, if any
-    threads = max(1, (os.cpu_count() or 1) // len(slots))
+    threads = str(cpu_threads(len(slots)))
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     def forward(signum, frame):
         log.warning("%s received: stopping %d workers", signal.Signals(signum).name, len(children))
@@ -99,9 +135,10 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
     for slot in slots:
         env = dict(os.environ)
         if slot.visible_devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
-        else:
-            env.setdefault("OMP_NUM_THREADS", str(threads))  # CPU slots share the cores
+            env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.visible_devices, inherited)
+        # Every slot gets its share of the cores, a GPU slot too: its training loop, data
+        # work and checkpoint copies run on them (torch reads OMP_NUM_THREADS at start-up).
+        env["OMP_NUM_THREADS"] = threads
         # The last --devices/--jobs-per-device on the command line wins in argparse.
         cmd = [sys.executable, "-m", "hpo.worker", *argv, "--devices", slot.device,
                "--jobs-per-device", "1"]
@@ -113,7 +150,8 @@ def supervise(slots: list[Slot], argv: list[str]) -> int:
         if stopping:  # the signal came while this child was starting: it was not in the list
             child.send_signal(stopping[0])
         log.info("slot %d: pid %d on %s%s", slot.index, children[-1].pid, slot.device,
-                 f" (GPU {slot.visible_devices})" if slot.visible_devices else "")
+                 f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})"
+                 if slot.visible_devices else "")
     if stopping and len(children) < len(slots):
         log.warning("start-up stopped after %d of %d workers", len(children), len(slots))
     codes = [_wait_responsive(child) for child in children]

@@ -5,10 +5,12 @@ never an exception: the worker loop tells Optuna the state it names."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -43,7 +45,8 @@ class TrialSpec:
     objectives: Objectives
     prunable: bool  # single objective and a pruner other than none
     bf16: bool = False
-    checkpoint_every: int = 1
+    checkpoint_every: int = 1  # epochs
+    checkpoint_seconds: float = 0.0  # and at least this long since the trial's last one
 
 
 def config_from_trial(spec: TrialSpec, trial: optuna.Trial, image_size: int) -> Config:
@@ -167,11 +170,18 @@ class TrialRunner:
                                last_epoch=config.epochs,
                                last_report=lambda report: self._on_the_side(report, aside=True))
 
+        last_checkpoint = [time.monotonic()]
+
         def on_epoch(m: EpochMetrics, snapshot: Callable[[], dict[str, Any]]) -> None:
             history.append(m)
             reports.epoch_done(m)
             every = self.spec.checkpoint_every
-            if every and m.epoch % every == 0 and m.epoch < config.epochs:
+            # Bounded: every N epochs, at most every S seconds, never while one is still written
+            # (a big head on a GPU is GBs a checkpoint against epochs of a second).
+            if (every and m.epoch % every == 0 and m.epoch < config.epochs
+                    and time.monotonic() - last_checkpoint[0] >= self.spec.checkpoint_seconds
+                    and not self.checkpoints.busy()):
+                last_checkpoint[0] = time.monotonic()
                 pointer = {"artifact_id": checkpoint_id, "epoch": m.epoch}
                 self.checkpoints.save_in_background(
                     checkpoint_id, {"config": config_dict, **snapshot()},
@@ -185,6 +195,7 @@ class TrialRunner:
                     f"trial {trial.number} was failed by a stale-trial check")
             reports.raise_if_pruned()
 
+        out_of_memory = False
         try:
             try:
                 result = fit(config, self.data, on_epoch, resume, self.spec.bf16, stop=self.stop,
@@ -209,18 +220,13 @@ class TrialRunner:
             self._side_written()
             return Outcome(Ending.STOPPED, f"trial {trial.number} interrupted by a stop signal")
         except torch.OutOfMemoryError:
-            if self.data.device.type == "cuda":
-                torch.cuda.empty_cache()
-            reason = f"out of memory on {self.data.device}"
-            reports.settle(raising=False)
-            self._side_written()
-            trial.set_user_attr("end_reason", reason)
-            self.checkpoints.remove(checkpoint_id)
-            return Outcome(Ending.FAILED, reason)
+            out_of_memory = True  # handled below: here the traceback still holds the model
         except BaseException:
             reports.settle(raising=False)
             self._side_written(raising=False)  # none lands after the trial is failed
             raise
+        if out_of_memory:
+            return self._out_of_memory(trial, reports, checkpoint_id)
         diverged = result.status == "diverged"
         reason = f"diverged: {result.reason}" if diverged else result.reason or result.status
         # The value is the last epoch's: the weights published, and what hpo train re-creates.
@@ -237,6 +243,21 @@ class TrialRunner:
         if diverged:
             return Outcome(Ending.PRUNED, reason)
         return Outcome(Ending.COMPLETE, reason, values)
+
+    def _out_of_memory(self, trial: optuna.Trial, reports: EpochReports,
+                       checkpoint_id: str) -> Outcome:
+        """Fail the trial, once the exception (whose frames hold the model, its gradients and
+        activations) is gone: only then can the cache give the memory back to the other jobs
+        on the GPU."""
+        if self.data.device.type == "cuda":
+            gc.collect()  # frames and tracebacks in reference cycles
+            torch.cuda.empty_cache()
+        reason = f"out of memory on {self.data.device}"
+        reports.settle(raising=False)
+        self._side_written()
+        trial.set_user_attr("end_reason", reason)
+        self.checkpoints.remove(checkpoint_id)
+        return Outcome(Ending.FAILED, reason)
 
     def _executor(self, name: str, thread_name: str):
         """One thread per kind, kept across trials: the attribute writer, the aside thread and,

@@ -33,6 +33,8 @@ def _settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any],
               default_n_trials: int | None) -> Budget:
     from hpo.study import new_settings
 
+    # The precision does not change a budget; a concrete one keeps torch out of hpo stages.
+    flags = {**flags, "precision": "fp32"}
     settings, _ = new_settings(stage, flags, frozen, default_n_trials, image_size=IMAGE_SIZE)
     return Budget(settings.n_trials, settings.epochs, settings.exhaustive)
 

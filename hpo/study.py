@@ -49,21 +49,28 @@ class Settings:
     sampler: str = "tpe"
     pruner: str = "median"
     objectives: str = "accuracy"
-    bf16: bool = False  # bf16 autocast: a property of the results, so of the study
+    # fp32 or bf16 (hpo.precision), decided when the study is created: a property of the
+    # results, so of the study; "auto" never stays stored.
+    precision: str = "fp32"
     matmul_precision: str = "highest"
+    deterministic: bool = False  # cuDNN's deterministic algorithms: exact re-trains on a GPU
     exhaustive: bool = False  # a finite space no larger than the budget: every point once
 
 
 CREATED_BY = "created_by"  # user attribute written first when hpo sets a study up
 SETTING_FLAGS = ("dataset", "epochs", "train_size", "val_fraction", "seed", "n_trials", "sampler",
-                 "pruner", "objectives", "bf16", "matmul_precision")
+                 "pruner", "objectives", "precision", "matmul_precision", "deterministic")
 
 
 def settings_flags(args) -> dict[str, Any]:
-    """The Settings fields a command line gave (None where it did not)."""
+    """The Settings fields a command line gave (None where it did not). --precision auto is
+    kept as "auto": a new study resolves it, an existing one keeps what it stored."""
+    from hpo.precision import flag_value
+
     flags = {name: getattr(args, name, None) for name in SETTING_FLAGS}
-    if flags["bf16"] is False:  # a store_true flag not given
-        flags["bf16"] = None
+    flags["precision"] = flag_value(args)
+    if flags["deterministic"] is False:  # a store_true flag not given
+        flags["deterministic"] = None
     return flags
 
 
@@ -75,8 +82,10 @@ def check_choice(kind: str, value: str, valid: tuple[str, ...]) -> str:
 
 def check_flags(flags: dict[str, Any]) -> None:
     """Values that are wrong whatever the study: checked before anything is stored."""
+    from hpo.precision import PRECISIONS
+
     for kind, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS),
-                        ("matmul_precision", MATMUL_PRECISIONS)):
+                        ("matmul_precision", MATMUL_PRECISIONS), ("precision", PRECISIONS)):
         if flags.get(kind) is not None:
             check_choice(kind.replace("_", "-"), flags[kind], valid)
     if flags.get("objectives") is not None:
@@ -123,14 +132,18 @@ def preflight(url: str, study_name: str, space: str | None, flags: dict[str, Any
 
 
 def new_settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any],
-                 default_n_trials: int | None = None, image_size: int | None = None
+                 default_n_trials: int | None = None, device=None, image_size: int | None = None
                  ) -> tuple[Settings, list[dict[str, Any]] | None]:
     """A new study's settings (flags over the stage's defaults), and the points to enqueue when
     its space is finite and no larger than the budget (then the budget is the space's size).
-    ``image_size`` given (``hpo stages``): the dataset is not read."""
+    ``--precision auto`` is decided here, once, for ``device`` (None: this machine's first
+    GPU, else its CPU). ``image_size`` given (``hpo stages``): the dataset is not read."""
+    from hpo.precision import resolve
     from hpo.space import possible_points
 
     given = {k: v for k, v in flags.items() if v is not None}
+    given["precision"], why = resolve(given.get("precision"), device)
+    log.info("%s trains in %s (%s)", stage.name, given["precision"], why)
     size = lambda: image_size or _image_size(settings.dataset)  # noqa: E731
     settings = Settings(**{"stage": stage.name, "epochs": stage.epochs,
                            "n_trials": default_n_trials or stage.n_trials, **given})
@@ -156,10 +169,16 @@ def _image_size(dataset: str) -> int:
 
 
 def joined_settings(study_name: str, stored: dict[str, Any], flags: dict[str, Any]) -> Settings:
-    """An existing study's settings; a flag that contradicts them is refused, naming both."""
+    """An existing study's settings; a flag that contradicts them is refused, naming both.
+    A study from before a setting existed ran with what is now its default."""
+    from hpo.precision import from_record
+
+    stored = {"deterministic": False, **stored, "precision": from_record(stored)}
     for key, value in flags.items():
         if value is None or key not in stored or stored[key] == value:
             continue
+        if key == "precision" and value == "auto":
+            continue  # whatever the study decided when it was created
         if key == "n_trials":
             raise HpoError(f"study {study_name!r} has a budget of {stored[key]} trials; got "
                            f"--n-trials {value} (change it for every worker with: hpo "
@@ -258,7 +277,7 @@ def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
 def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any],
                after: str | None = None, from_file: str | None = None,
                freeze_best_so_far: bool = False, default_n_trials: int | None = None,
-               chain_base: bool = False
+               chain_base: bool = False, device=None
                ) -> tuple[optuna.Study, Stage, Settings, dict[str, Any]]:
     """Create or join a study; return it with its stage, settings and frozen base config.
 
@@ -279,7 +298,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         # Checked before create_study, so that a failing command leaves no study behind.
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
                                                  freeze_best_so_far, chain_base)
-        settings, points = new_settings(stage, flags, frozen, default_n_trials)
+        settings, points = new_settings(stage, flags, frozen, default_n_trials, device)
         objectives = parse_objectives(settings.objectives)
         try:
             study = optuna.create_study(study_name=study_name, storage=storage,
@@ -296,7 +315,7 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
                  stage.name)
         frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
                                                  freeze_best_so_far, chain_base)
-        settings, points = new_settings(stage, flags, frozen, default_n_trials)
+        settings, points = new_settings(stage, flags, frozen, default_n_trials, device)
         _set_up(storage, study, stage, settings, frozen, origin, after, points)
         return study, stage, settings, frozen
     records = study_records.read(storage, study_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -64,34 +65,57 @@ EpochCallback = Callable[[EpochMetrics, Callable[[], dict[str, Any]]], None]
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
 
 
-def configure_backend(device: torch.device | str, matmul_precision: str = "highest") -> None:
+def configure_backend(device: torch.device | str, matmul_precision: str = "highest",
+                      deterministic: bool = False) -> None:
     """Process-wide backend settings for training on ``device``; callers (worker, hpo train) call
-    it once before fit().
+    it once before fit(), and before any CUDA work where ``deterministic``.
 
-    On CUDA, cuDNN benchmarks its convolution algorithms once per input shape and keeps the
-    fastest: the shapes here are fixed. ``matmul_precision`` is float32 matmul precision:
-    "highest" is true float32, "high" allows TF32, "medium" bfloat16.
+    ``matmul_precision`` is the float32 precision of matmuls and cuDNN convolutions alike:
+    "highest" is true float32 (TF32 off for both: PyTorch leaves it on for convolutions),
+    "high" allows TF32, "medium" bfloat16 in matmuls (TF32 in convolutions). On CUDA, cuDNN
+    benchmarks its convolution algorithms once per input shape and keeps the fastest, unless
+    ``deterministic``: then it uses only deterministic algorithms and cuBLAS a fixed workspace,
+    so a re-train on the same GPU repeats the run exactly (slower convolutions).
     """
     if matmul_precision not in MATMUL_PRECISIONS:
         raise HpoError(f"unknown matmul precision {matmul_precision!r}; valid: "
                        f"{', '.join(MATMUL_PRECISIONS)}")
-    if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if deterministic:  # read when cuBLAS makes its first handle: set before any CUDA matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = torch.device(device).type == "cuda" and not deterministic
     torch.set_float32_matmul_precision(matmul_precision)
+    conv_tf32 = matmul_precision != "highest"
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # torch >= 2.9's own switch; mixing it with the legacy allow_tf32 raises on reads
+        conv.fp32_precision = "tf32" if conv_tf32 else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = conv_tf32
 
 
-def host_copy(obj: Any) -> Any:
+def conv_tf32_allowed() -> bool:
+    """Whether cuDNN may run float32 convolutions in TF32 (as configure_backend left it)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return conv.fp32_precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+def host_copy(obj: Any, non_blocking: bool = False) -> Any:
     """A deep copy of ``obj`` with every tensor copied (detached) into host memory.
 
     Containers keep their types (a MultiStepLR's Counter stays a Counter) and tensors appearing
-    twice stay shared. Device tensors are never duplicated on the device.
+    twice stay shared. Device tensors are never duplicated on the device. ``non_blocking``: a
+    CUDA tensor goes to pinned memory asynchronously, in stream order (later kernels cannot
+    change it first); its copy is complete once an event recorded afterwards has passed.
     """
     memo: dict[int, Any] = {}
 
     def collect(o: Any) -> None:
         if isinstance(o, torch.Tensor):
             if id(o) not in memo:
-                memo[id(o)] = o.detach().to("cpu", copy=True)
+                memo[id(o)] = o.detach().to("cpu", copy=True, non_blocking=non_blocking)
         elif isinstance(o, dict):
             for v in o.values():
                 collect(v)
@@ -103,18 +127,32 @@ def host_copy(obj: Any) -> Any:
     return copy.deepcopy(obj, memo)  # the tensors come from memo: deepcopy never sees them
 
 
+READY_KEY = "_copied"  # hpo.checkpoints.CheckpointStore.save waits on it, then drops it
+
+
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
              history: list[EpochMetrics], seconds: float, device: torch.device) -> dict[str, Any]:
     """Everything needed to resume after the last epoch in ``history``, in host memory and
-    independent of the live (still training) weights."""
-    return host_copy({
+    independent of the live (still training) weights.
+
+    On CUDA the training thread only queues the copies (to pinned memory, in stream order) and
+    goes on; the snapshot carries under READY_KEY a CUDA event whose ``synchronize()`` the
+    checkpoint writer calls before reading the tensors. Elsewhere the copy is made here.
+    """
+    cuda = device.type == "cuda"
+    state = host_copy({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "history": [dataclasses.asdict(m) for m in history], "seconds": seconds,
         "rng_cpu": torch.get_rng_state(),  # a CPU ByteTensor
         # also a CPU ByteTensor, whatever the device
-        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    })
+        "rng_cuda": torch.cuda.get_rng_state(device) if cuda else None,
+    }, non_blocking=cuda)
+    if cuda:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        state[READY_KEY] = event
+    return state
 
 
 def restore(resume: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -138,7 +176,12 @@ def restore(resume: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks the first CUDA device when there is one, else the CPU."""
+    """'auto' picks the first CUDA device when there is one, else the CPU; NVIDIA GPUs that
+    this torch cannot use are an error (hpo.cuda_check) unless the CPU is asked for."""
+    if name != "cpu":
+        from hpo.cuda_check import check_gpus_usable
+
+        check_gpus_usable()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -205,7 +248,8 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
         resume: dict[str, Any] | None = None, bf16: bool = False,
         stop: threading.Event | None = None,
         between_batches: Callable[[], None] | None = None,
-        on_model: Callable[[int], None] | None = None) -> FitResult:
+        on_model: Callable[[int], None] | None = None,
+        warm_up: bool | None = None) -> FitResult:
     """Train config on data.train, validating on data.val after every epoch.
 
     Same seed and data on the CPU give the same metrics. A NaN/inf loss ends the run with status
@@ -213,8 +257,9 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
     tensors on the CPU (hpo.checkpoints.CheckpointStore.load reads it back so); restore() moves
     it to the device. Setting ``stop`` raises Interrupted at the next batch; ``between_batches``
     runs before every batch and may raise to end the run; ``on_model`` is told the model's
-    parameter count before training starts. Backend settings (configure_backend) are the
-    caller's.
+    parameter count before training starts. ``warm_up``: run each batch shape once before the
+    clock starts (hpo.warmup; None: on CUDA, where the first step of a shape autotunes).
+    Backend settings (configure_backend) are the caller's.
     """
     device = data.device
     torch.manual_seed(config.seed)
@@ -237,6 +282,12 @@ def fit(config: Config, data: DeviceData, on_epoch: EpochCallback | None = None,
     params = count_parameters(model)
     if on_model is not None:
         on_model(params)
+    if warm_up if warm_up is not None else device.type == "cuda":
+        from hpo import warmup
+
+        warmup.warm_up(model, device, tuple(data.train.x.shape[1:]),
+                       warmup.batch_sizes(len(data.train), config.batch_size, least=2),
+                       warmup.batch_sizes(len(data.val), warmup.EVAL_BATCH), bf16)
     status, reason = "completed", ""
     best, since_best = -1.0, 0
     for m in history:  # a resumed run counts the epochs without improvement before it

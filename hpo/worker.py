@@ -18,11 +18,13 @@ import optuna
 from hpo.errors import HpoError
 
 log = logging.getLogger("hpo.worker")
+GPU_CHECKPOINT_SECONDS = 30.0  # a GPU epoch can take a second, its checkpoint gigabytes
 
 
 def build_parser() -> argparse.ArgumentParser:
     from hpo.flags import OneLineParser, at_least, between, one_of
     from hpo.objectives import KNOWN as OBJECTIVES
+    from hpo.precision import PRECISIONS
     from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
 
     p = OneLineParser(
@@ -63,10 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "running or queued (default: wait for it to finish)")
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:0,cuda:1,... (default auto)")
     p.add_argument("--jobs-per-device", type=at_least(1), default=1, help="worker processes per device")
-    p.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast (a study setting: every worker and hpo train use it)")
-    p.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS), help="float32 matmul precision: highest | high | medium "
-                                              "(a study setting; default highest)")
+    p.add_argument("--precision", type=one_of(*PRECISIONS),
+                   help="auto | fp32 | bf16: a study setting, decided once when the study or chain "
+                        "is created (auto: bf16 where the device computes it natively, else "
+                        "fp32); every worker and hpo train use it (default auto)")
+    p.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
+    p.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
+                   help="float32 matmul and convolution precision: highest | high (TF32) | "
+                        "medium (a study setting; default highest)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="cuDNN's deterministic algorithms, so a re-train on a GPU is exact (a "
+                        "study setting; slower convolutions; default off)")
     p.add_argument("--heartbeat", type=at_least(1), default=10, help="heartbeat interval in seconds")
     p.add_argument("--grace", type=at_least(1), default=30,
                    help="seconds without heartbeat before a trial is failed and re-queued")
@@ -76,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outage-timeout", type=at_least(0, float), default=600,
                    help="how long to wait for an unreachable database before giving up")
     p.add_argument("--checkpoint-every", type=at_least(0), default=1, help="epochs between checkpoints (0: never)")
+    p.add_argument("--checkpoint-seconds", type=at_least(0, float),
+                   help="and at least this many seconds between a trial's checkpoints "
+                        f"(default: {GPU_CHECKPOINT_SECONDS:g} on a GPU, 0 on the CPU)")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.add_argument("--debug", action="store_true", help="tracebacks for errors")
     return p
@@ -133,12 +145,14 @@ class _Session:
         from hpo.storage import open_artifact_store
         from hpo.train import configure_backend
 
+        # Before the data reaches the device: cuBLAS reads its deterministic workspace setting
+        # when CUDA work first needs it.
+        configure_backend(self.device, settings.matmul_precision, settings.deterministic)
         key = (settings.dataset, settings.val_fraction, settings.split_seed, settings.train_size)
         if key not in self._data:
             self._data[key] = data_module.load(settings.dataset, self.device,
                                                settings.val_fraction, settings.split_seed,
                                                settings.train_size)
-        configure_backend(self.device, settings.matmul_precision)
         if not self._ready:
             _warm_up()
             self._store = open_artifact_store(self.args.artifacts, self.url)
@@ -171,7 +185,7 @@ class _Session:
         args, storage, stop = self.args, self.storage, self.stop
         study, stage, settings, frozen = open_study(storage, study_name, space, flags, after,
                                                     from_file, freeze_best_so_far,
-                                                    default_n_trials, chain_base)
+                                                    default_n_trials, chain_base, self.device)
         # Every worker gets the study's seed: samplers draw per trial from it (hpo.seeding).
         study = optuna.load_study(study_name=study_name, storage=storage,
                                   sampler=make_sampler(settings, stage, frozen, settings.seed),
@@ -193,9 +207,13 @@ class _Session:
             log.warning("stopped during start-up; no trial started")
             return
         objectives = parse_objectives(settings.objectives)
+        seconds = args.checkpoint_seconds
+        if seconds is None:
+            seconds = GPU_CHECKPOINT_SECONDS if self.device.type == "cuda" else 0.0
         spec = TrialSpec(stage, frozen, settings.epochs, settings.seed, objectives,
                          prunable=objectives.single and settings.pruner != "none",
-                         bf16=settings.bf16, checkpoint_every=args.checkpoint_every)
+                         bf16=settings.precision == "bf16",
+                         checkpoint_every=args.checkpoint_every, checkpoint_seconds=seconds)
         progress = Progress(study, budget(), settings.epochs)
         study_id = storage.get_study_id_from_name(study_name)
         publisher = ArtifactPublisher(store, best_value=lambda: count_trials(storage, study_id).best)
@@ -218,10 +236,12 @@ class _Session:
                               t, counts.finished, counts.best),
                           fallback_sampler=fallback)
         log.info("worker on %s joins study %r (stage %s, %s sampler, %s pruner, budget %d trials%s, "
-                 "%d epochs, dataset %s)", self.device, study_name, stage.name,
+                 "%d epochs, dataset %s, %s%s)", self.device, study_name, stage.name,
                  settings.sampler, settings.pruner, budget(),
                  " (every point of the space once)" if settings.exhaustive else "",
-                 settings.epochs, settings.dataset)
+                 settings.epochs, settings.dataset, settings.precision,
+                 ", deterministic" if settings.deterministic else "")
+        _warn_if_emulated(settings.precision, self.device)
         reaper_thread = ReaperThread(reaper, lambda: (study,))
         heartbeat.start()
         reaper_thread.start()
@@ -233,6 +253,17 @@ class _Session:
             reaper_thread.join(timeout=60)
             heartbeat.stop()
             progress.close()
+
+
+def _warn_if_emulated(precision: str, device) -> None:
+    """A bf16 study joined from a device without bf16 units runs, but slower than float32."""
+    from hpo.precision import native_bf16
+
+    if precision == "bf16":
+        native, why = native_bf16(device)
+        if not native:
+            log.warning("this study trains in bf16 but %s: its trials run emulated, slower than "
+                        "fp32 would", why)
 
 
 def run_worker(args: argparse.Namespace, device_name: str,
@@ -275,7 +306,10 @@ def run_chain(session: _Session, stages) -> None:
     from hpo.study import settings_flags
 
     args, storage = session.args, session.storage
-    record = chains.open_chain(storage, args.chain_name, stages, settings_flags(args))
+    record = chains.open_chain(storage, args.chain_name, stages, settings_flags(args),
+                               session.device)
+    log.info("chain %r trains in %s (decided when the chain was created)", args.chain_name,
+             chains.stage_flags(record)["precision"])
     existing = {s.study_name for s in storage.get_all_studies()}
     previous = None
     if args.after is None and stages[0].builds_on is not None:
@@ -312,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         check_name(args.chain_name)
     except HpoError as e:
         parser.error(str(e))
+    if args.bf16 and args.precision not in (None, "bf16"):
+        parser.error(f"--bf16 contradicts --precision {args.precision}; give one of them")
     if args.chain is not None and args.space is not None:
         parser.error("--space names one study's stage; a chain's stages come from --chain")
     if args.chain is not None and args.freeze_best_so_far:

@@ -61,6 +61,7 @@ SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("accuracy", "accuracy,time", "accuracy,params")
 PRECISIONS = ("highest", "high", "medium")
+NUMBER_FORMATS = ("auto", "fp32", "bf16")  # --precision
 DATASETS = ("cifar10-sample", "cifar10", "cifar100")
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2")
 TRANSIENT = ("-wal", "-shm", "-journal")  # SQLite's side files: present while a connection is open
@@ -486,6 +487,7 @@ W_COMMON = {
     "--val-fraction": flag_values("--val-fraction", open_fraction()),
     "--seed": flag_values("--seed", int_at_least(0)),
     "--matmul-precision": flag_values("--matmul-precision", not_one_of(PRECISIONS)),
+    "--precision": flag_values("--precision", not_one_of(NUMBER_FORMATS)),
     "--space": flag_values("--space", BAD_STAGE),
     "--after": flag_values("--after", NAME.filter(lambda s: s != POP_STUDY)),
     "--from": json_file("--from"),
@@ -516,14 +518,16 @@ WORKER = {
     "--max-retries": flag_values("--max-retries", int_at_least(0)),
     "--outage-timeout": flag_values("--outage-timeout", float_at_least_zero()),
     "--checkpoint-every": flag_values("--checkpoint-every", int_at_least(0)),
-    "--bf16 / --quiet / --debug / --freeze-best-so-far": explicit_bool(
-        ["--bf16", "--quiet", "--debug", "--freeze-best-so-far"]),
+    "--checkpoint-seconds": flag_values("--checkpoint-seconds", float_at_least_zero()),
+    "--bf16 / --quiet / --debug / --freeze-best-so-far / --deterministic": explicit_bool(
+        ["--bf16", "--quiet", "--debug", "--freeze-best-so-far", "--deterministic"]),
 }
 CREATE = {
     **W_COMMON,
     "--outage-timeout": flag_values("--outage-timeout", float_at_least_zero()),
-    "--bf16 / --skip-if-exists / --update / --freeze-best-so-far": explicit_bool(
-        ["--bf16", "--skip-if-exists", "--update", "--freeze-best-so-far"]),
+    "--bf16 / --skip-if-exists / --update / --freeze-best-so-far / --deterministic":
+        explicit_bool(["--bf16", "--skip-if-exists", "--update", "--freeze-best-so-far",
+                       "--deterministic"]),
 }
 READ_COMMON = {
     "--storage": storage_flag(read_only=True),
@@ -562,8 +566,9 @@ TRAIN = {
         st.from_regex(r"[a-z]{1,6}", fullmatch=True).filter(_torch_rejects)),
         names=("--device", "device")),
     "--matmul-precision": flag_values("--matmul-precision", not_one_of(PRECISIONS)),
+    "--precision": flag_values("--precision", not_one_of(NUMBER_FORMATS)),
     "--threads": flag_values("--threads", int_at_least(1)),
-    "--bf16 / --quiet": explicit_bool(["--bf16", "--quiet"]),
+    "--bf16 / --quiet / --deterministic": explicit_bool(["--bf16", "--quiet", "--deterministic"]),
 }
 STAGES_CMD = {"HPO_STAGES": BAD_STAGES_ENV}
 

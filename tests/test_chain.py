@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from hpo import chain as chains
 from hpo import study_records
 from hpo.geometry import is_possible
+from hpo.errors import HpoError
 from tests.conftest import BIN, REPO, run_cli
 from tests.workers import trials, wait_for
 
@@ -245,6 +246,46 @@ def test_chain_default_pruner_is_median_and_an_older_chain_keeps_its_own(tmp_pat
         joined = open_chain(storage, "old", stages, {"pruner": None})
         assert joined["pruner"] == "hyperband"
         assert chains.stage_flags(joined)["pruner"] == "hyperband"
+    finally:
+        storage.dispose()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_chain_decides_auto_precision_once_and_its_stages_inherit_it(tmp_path, monkeypatch,
+                                                                     native):
+    from hpo import precision
+    from hpo.chain import open_chain, parse_chain
+    from hpo.storage import open_storage
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (native, "stand-in"))
+    expected = "bf16" if native else "fp32"
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
+    stages = parse_chain("stage6_batchnorm..stage8_schedule")
+    try:
+        assert open_chain(storage, "c", stages, {"precision": "auto"})["precision"] == expected
+        # a joiner whose device decides otherwise keeps the chain's choice
+        monkeypatch.setattr(precision, "native_bf16", lambda device: (not native, "other"))
+        joined = open_chain(storage, "c", stages, {"precision": None})
+        assert chains.stage_flags(joined)["precision"] == expected
+        other = "fp32" if native else "bf16"
+        with pytest.raises(HpoError, match=f"--precision '{expected}'; got '{other}'"):
+            open_chain(storage, "c", stages, {"precision": other})
+    finally:
+        storage.dispose()
+
+
+def test_an_older_chain_keeps_its_bf16_flag(tmp_path):
+    from hpo.chain import open_chain, parse_chain
+    from hpo.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
+    stages = parse_chain("stage6_batchnorm..stage8_schedule")
+    try:
+        record = open_chain(storage, "old", stages, {"precision": "fp32"})
+        record = {k: v for k, v in record.items() if k not in ("precision", "deterministic")}
+        study_records.write(storage, "old", "chain", {**record, "bf16": True})
+        joined = open_chain(storage, "old", stages, {})
+        assert chains.stage_flags(joined)["precision"] == "bf16"
     finally:
         storage.dispose()
 

@@ -148,3 +148,110 @@ def test_checkpoints_resume_on_another_device(store, small_data, sample_images, 
     assert resumed.status == "completed"
     assert metrics(resumed.history) == metrics(done.history)
     assert {t.device.type for t in resumed.model.state_dict().values()} == {"meta"}
+
+
+class BlockingStore(FileSystemArtifactStore):
+    """Writes wait for ``release``: a checkpoint still being written, as a big one on a slow
+    disk is."""
+
+    def __init__(self, root):
+        import threading
+
+        super().__init__(root)
+        self.release, self.writes = threading.Event(), []
+
+    def write(self, artifact_id, content_body):
+        assert self.release.wait(60)
+        self.writes.append(artifact_id)
+        super().write(artifact_id, content_body)
+
+
+def test_checkpoints_at_most_one_save_is_pending(tmp_path):
+    # Defect: every epoch's checkpoint went into an unbounded queue behind a slow writer.
+    blocking = BlockingStore(str(tmp_path))
+    store = CheckpointStore(blocking)
+    assert not store.busy()
+    assert store.save_in_background("a", {"w": torch.ones(2)}) is True
+    assert store.busy()
+    assert store.save_in_background("b", {"w": torch.zeros(2)}) is False  # dropped, not queued
+    blocking.release.set()
+    store.wait()
+    assert blocking.writes == ["a"] and not store.busy()
+    assert store.save_in_background("c", {"w": torch.zeros(2)}) is True
+    store.wait()
+    assert blocking.writes == ["a", "c"]
+
+
+def test_checkpoints_wait_for_in_flight_copies_before_serialising(store):
+    """A CUDA snapshot's copies are queued, not waited for, on the training thread: the writer
+    waits on their event, and the event is not part of what is stored."""
+    from hpo.train import READY_KEY
+
+    order = []
+
+    class CopiesDone:
+        def synchronize(self):
+            order.append("synchronized")
+
+    real_save = torch.save
+
+    def save(obj, f):
+        order.append("serialised")
+        real_save(obj, f)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(torch, "save", save):
+        store.save("in-flight", {"w": torch.ones(2), READY_KEY: CopiesDone()})
+    assert order == ["synchronized", "serialised"]
+    assert set(store.load("in-flight")) == {"w"}
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a planted checkpoint would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_never_unpickle_code(store, tmp_path, caplog):
+    # Issue 25, item 4: a checkpoint was read with weights_only=False from a shared folder.
+    marker = tmp_path / "ran"
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.ones(1)}, "x": RunsCode(marker)}, buffer)
+    buffer.seek(0)
+    store.artifact_store.write("planted", buffer)
+    with caplog.at_level(logging.WARNING):
+        assert store.load("planted") is None
+    assert not marker.exists()
+    [warning] = warnings_of(caplog)
+    message = warning.getMessage()
+    assert "refused" in message and "posix.system" in message and "\n" not in message
+
+
+def test_checkpoints_of_every_optimizer_and_scheduler_load_weights_only(store):
+    """What fit's snapshot holds (tensors, RNG ByteTensors, numbers, strings, plain containers, a
+    MultiStepLR's Counter) loads with weights_only=True."""
+    from hpo.model import build_model
+    from hpo.train import make_optimizer, make_scheduler, snapshot
+
+    for optimizer_name in ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"):
+        for scheduler_name in ("none", "step", "multistep", "cosine", "plateau"):
+            config = tiny(optimizer=optimizer_name, scheduler=scheduler_name, conv_batchnorm=True)
+            model = build_model(config)
+            optimizer = make_optimizer(config, model.parameters())
+            scheduler = make_scheduler(config, optimizer)
+            model(torch.randn(2, 3, 32, 32)).sum().backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step(1.0) if scheduler_name == "plateau" else scheduler.step()
+            state = snapshot(model, optimizer, scheduler, [], 0.0, torch.device("cpu"))
+            store.save("every", {"config": config.to_dict(), **state})
+            loaded = store.load("every")
+            assert loaded is not None, (optimizer_name, scheduler_name)
+            assert loaded["config"] == config.to_dict()

@@ -117,3 +117,68 @@ def test_cli_train_divergence_exits_2(tmp_path, capsys):
     assert code == 2
     assert re.search(r"^diverged: .*loss", out, re.M)
     assert "test accuracy" not in out
+
+
+@pytest.fixture
+def recorded_fit(monkeypatch):
+    """hpo train with fit and the backend recorded, training one tiny epoch for real."""
+    import hpo.train
+
+    seen = {}
+    real_fit, real_backend = hpo.train.fit, hpo.train.configure_backend
+
+    def fit(config, data, on_epoch=None, bf16=False, **kwargs):
+        seen["bf16"] = bf16
+        return real_fit(config, data, on_epoch=on_epoch, bf16=bf16, **kwargs)
+
+    def configure_backend(device, matmul_precision="highest", deterministic=False):
+        seen["backend"] = (matmul_precision, deterministic)
+        real_backend(device, matmul_precision)
+
+    monkeypatch.setattr(hpo.train, "fit", fit)
+    monkeypatch.setattr(hpo.train, "configure_backend", configure_backend)
+    return seen
+
+
+@pytest.mark.parametrize("doc, flags, bf16, said", [
+    ({"precision": "bf16"}, [], True, "precision bf16 (as the trial ran)"),
+    ({"bf16": True}, [], True, "precision bf16 (as the trial ran)"),  # an export before 'precision'
+    ({"bf16": False}, [], False, "precision fp32 (as the trial ran)"),
+    ({"precision": "fp32"}, ["--precision", "bf16"], True, "precision bf16 (as asked)"),
+    ({"precision": "fp32"}, ["--bf16"], True, "precision bf16 (as asked)"),
+    ({"precision": "bf16"}, ["--precision", "fp32"], False, "precision fp32 (as asked)"),
+])
+def test_cli_train_precision_is_the_trials_unless_asked(tmp_path, capsys, recorded_fit, doc, flags,
+                                                        bf16, said):
+    cfg = write(tmp_path / "best.json", {"config": CONFIG, "train_size": 64, **doc})
+    assert main(["train", cfg, "--epochs", "1", "--device", "cpu", "--quiet", *flags]) == 0
+    assert recorded_fit["bf16"] is bf16
+    assert said in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cli_train_bare_config_decides_auto_for_its_device(tmp_path, capsys, recorded_fit,
+                                                           monkeypatch, native):
+    from hpo import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (native, "stand-in CPU"))
+    cfg = write(tmp_path / "cfg.json", CONFIG)
+    assert main(["train", cfg, "--epochs", "1", "--train-size", "64", "--device", "cpu",
+                 "--quiet"]) == 0
+    assert recorded_fit["bf16"] is native
+    assert f"precision {'bf16' if native else 'fp32'} (auto: stand-in CPU)" in \
+        capsys.readouterr().out
+
+
+def test_cli_train_reuses_the_trials_deterministic_setting(tmp_path, capsys, recorded_fit):
+    cfg = write(tmp_path / "best.json", {"config": CONFIG, "train_size": 64, "precision": "fp32",
+                                         "deterministic": True, "matmul_precision": "high"})
+    assert main(["train", cfg, "--epochs", "1", "--device", "cpu", "--quiet"]) == 0
+    assert recorded_fit["backend"] == ("high", True)
+    assert "precision fp32 (as the trial ran), deterministic" in capsys.readouterr().out
+
+
+def test_cli_train_bf16_contradicting_precision_is_one_line(tmp_path, capsys):
+    cfg = write(tmp_path / "cfg.json", CONFIG)
+    code = main(["train", cfg, "--bf16", "--precision", "fp32", "--device", "cpu"])
+    assert_usage_error(code, capsys.readouterr().err, "--bf16", "--precision fp32")

@@ -338,3 +338,119 @@ def test_a_queued_trial_keeps_its_slot_against_later_twins_and_its_own_original(
     retry = study.ask()
     assert retry.params == {"lr": 0.07}
     assert _already_trained(retry, {"lr": 0.07}, queued=True) is None
+
+
+def test_runner_out_of_memory_frees_the_model_before_emptying_the_cache(small_data, store,
+                                                                       monkeypatch):
+    # Defect: empty_cache() ran inside the except block, whose traceback still held the model
+    # and activations: nothing was freed, and the next job on the GPU ran out in turn.
+    import types
+    import weakref
+
+    import hpo.runner
+
+    class Activations:
+        pass
+
+    held = []
+
+    def fit_that_runs_out(config, data, *args, **kwargs):
+        activations = Activations()  # what the failing step's frames keep alive
+        held.append(weakref.ref(activations))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    alive_when_emptied = []
+    monkeypatch.setattr(hpo.runner, "fit", fit_that_runs_out)
+    monkeypatch.setattr(torch.cuda, "empty_cache",
+                        lambda: alive_when_emptied.append(held[0]() is not None))
+    gpu_data = types.SimpleNamespace(device=torch.device("cuda", 0),
+                                     image_size=small_data.image_size)
+    spec = TrialSpec(LR_STAGE, TINY, epochs=2, seed=3, objectives=parse_objectives("accuracy"),
+                     prunable=False)
+    import threading
+
+    runner = TrialRunner(spec, gpu_data, CheckpointStore(store), ArtifactPublisher(store),
+                         threading.Event(), overlap_reports=False)
+    study = _study()
+    study.enqueue_trial({"lr": 0.02})
+    outcome = runner.run(study.ask())
+    assert outcome.ending.name == "FAILED" and "out of memory on cuda:0" in outcome.reason
+    assert alive_when_emptied == [False]
+
+
+class _CountingStore(FileSystemArtifactStore):
+    def __init__(self, root, release=None):
+        super().__init__(root)
+        self.writes, self.release = [], release
+
+    def write(self, artifact_id, content_body):
+        if self.release is not None:
+            assert self.release.wait(60)
+        self.writes.append(artifact_id)
+        super().write(artifact_id, content_body)
+
+
+@pytest.mark.parametrize("seconds, saved", [(0.0, 3), (3600.0, 0)])
+def test_runner_checkpoints_at_most_every_n_seconds(small_data, tmp_path, seconds, saved):
+    import threading
+
+    counting = _CountingStore(str(tmp_path / "a"))
+    spec = TrialSpec(LR_STAGE, TINY, epochs=4, seed=3, objectives=parse_objectives("accuracy"),
+                     prunable=False, checkpoint_seconds=seconds)
+    runner = TrialRunner(spec, small_data, CheckpointStore(counting), ArtifactPublisher(counting),
+                         threading.Event())
+    study = _study()
+    study.enqueue_trial({"lr": 0.02})
+    _Run(runner)(study, 1)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert len([w for w in counting.writes if w.startswith("checkpoint-")]) == saved
+
+
+def test_runner_takes_no_checkpoint_while_the_last_is_still_written(small_data, tmp_path):
+    # Defect: a slow writer let snapshots pile up in memory, one per epoch.
+    import threading
+
+    release = threading.Event()
+    counting = _CountingStore(str(tmp_path / "a"), release)
+    spec = TrialSpec(LR_STAGE, TINY, epochs=4, seed=3, objectives=parse_objectives("accuracy"),
+                     prunable=False)
+    checkpoints = CheckpointStore(counting)
+    snapshots = []
+    real_save = checkpoints.save_in_background
+    checkpoints.save_in_background = lambda *a, **k: snapshots.append(a[0]) or real_save(*a, **k)
+    runner = TrialRunner(spec, small_data, checkpoints, ArtifactPublisher(FileSystemArtifactStore(
+        str(tmp_path / "b"))), threading.Event(),
+        on_epoch=lambda trial, m: release.set() if m.epoch == 3 else None)
+    study = _study()
+    study.enqueue_trial({"lr": 0.02})
+    _Run(runner)(study, 1)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert len(snapshots) == 1  # epoch 1's; epochs 2 and 3 found it still being written
+    assert len(counting.writes) == 1
+
+
+def test_runner_refuses_a_planted_checkpoint_and_trains_from_scratch(small_data, store, tmp_path,
+                                                                     caplog):
+    # Issue 25, item 4: a file planted in the shared artifact folder ran code in every worker
+    # that resumed the trial it pointed to.
+    import io
+    import logging
+
+    from tests.test_checkpoints import RunsCode
+
+    marker = tmp_path / "ran"
+    buffer = io.BytesIO()
+    torch.save({"config": {}, "model": RunsCode(marker)}, buffer)
+    buffer.seek(0)
+    store.write("checkpoint-planted", buffer)
+    study = _study()
+    study.enqueue_trial({"lr": 0.02},
+                        user_attrs={"checkpoint": {"artifact_id": "checkpoint-planted", "epoch": 1}})
+    with caplog.at_level(logging.WARNING):
+        _objective(small_data, store)(study, 1)
+    trial = study.trials[0]
+    assert not marker.exists()
+    assert trial.state == TrialState.COMPLETE and "resumed_from_epoch" not in trial.user_attrs
+    assert len(trial.user_attrs["history"]) == 2  # both epochs trained here
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "checkpoint-planted" in refused[0] and "\n" not in refused[0]

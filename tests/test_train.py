@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
+import os
 import threading
 
 import pytest
@@ -15,8 +17,9 @@ from hpo.config import OPTIMIZERS, SCHEDULERS, from_dict
 from hpo.data import DeviceData
 from hpo.errors import HpoError
 from hpo.model import build_model, count_parameters, penalised_weights
-from hpo.train import (MATMUL_PRECISIONS, Interrupted, configure_backend, evaluate, fit, host_copy,
-                       make_optimizer, make_scheduler, resolve_device, restore, snapshot)
+from hpo.train import (MATMUL_PRECISIONS, READY_KEY, Interrupted, configure_backend, evaluate,
+                       fit, host_copy, make_optimizer, make_scheduler, resolve_device, restore,
+                       snapshot)
 
 TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
 
@@ -337,8 +340,17 @@ def test_train_snapshot_of_device_state_lands_on_host(monkeypatch):
         return torch.zeros(16, dtype=torch.uint8)
 
     monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+    recorded = []
+
+    class Event:  # the copies are queued, not waited for: an event says when they are done
+        def record(self, stream):
+            recorded.append(stream)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
     state = snapshot(model, optimizer, scheduler, [], 0.0, torch.device("cuda", 0))
     assert calls == [torch.device("cuda", 0)]
+    assert isinstance(state.pop(READY_KEY), Event) and recorded == ["stream of cuda:0"]
     assert {t.device.type for t in tensors(state["model"])} == {"cpu"}
     assert {t.device.type for t in tensors(state["optimizer"])} == {"cpu"}
     for key in ("rng_cpu", "rng_cuda"):
@@ -449,3 +461,125 @@ def test_train_configure_backend_cuda_benchmarks_cudnn(backend_settings):
     assert torch.get_float32_matmul_precision() == "high"
     configure_backend("cuda")  # as a string, default precision
     assert torch.get_float32_matmul_precision() == "highest"
+
+
+@pytest.fixture
+def conv_precision():
+    """configure_backend sets cuDNN's convolution precision process-wide: put it back."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    before = conv.fp32_precision if conv is not None else torch.backends.cudnn.allow_tf32
+    deterministic = torch.backends.cudnn.deterministic
+    yield
+    if conv is not None:
+        conv.fp32_precision = before
+    else:
+        torch.backends.cudnn.allow_tf32 = before
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def test_train_highest_precision_turns_tf32_off_in_convolutions_too(backend_settings,
+                                                                   conv_precision):
+    # Defect: "highest" set only the matmul precision; cuDNN convolutions (most of the work)
+    # still ran in TF32, PyTorch's default for them.
+    from hpo.train import conv_tf32_allowed
+
+    configure_backend(torch.device("cuda", 0), "high")
+    assert conv_tf32_allowed()  # TF32: asked for explicitly
+    configure_backend(torch.device("cuda", 0), "highest")
+    assert not conv_tf32_allowed()
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_train_deterministic_backend(backend_settings, conv_precision, monkeypatch):
+    # Defect: cudnn.benchmark with no deterministic option; a re-train was exact on the CPU only.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    configure_backend(torch.device("cuda", 0), "highest", deterministic=True)
+    assert torch.backends.cudnn.deterministic is True
+    assert torch.backends.cudnn.benchmark is False
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    # not torch.use_deterministic_algorithms: cross-entropy on CUDA raises under it
+    assert not torch.are_deterministic_algorithms_enabled()
+    configure_backend(torch.device("cuda", 0), "highest")
+    assert torch.backends.cudnn.deterministic is False and torch.backends.cudnn.benchmark is True
+
+
+def test_train_bf16_keeps_weights_optimizer_state_norm_stats_and_loss_in_float32(tiny_data):
+    config = tiny(epochs=2, optimizer="adam", conv_batchnorm=True, fc_batchnorm=True)
+    conv_outputs = []
+    seen = {}
+
+    def on_epoch(m, checkpoint):
+        seen["state"] = checkpoint()
+
+    import hpo.train as train_module
+
+    real_build = train_module.build_model
+
+    def build(*a, **k):
+        model = real_build(*a, **k)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.register_forward_hook(lambda mod, i, out: conv_outputs.append(out.dtype))
+        return model
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(train_module, "build_model", build):
+        result = fit(config, tiny_data, on_epoch=on_epoch, bf16=True)
+    assert set(conv_outputs) == {torch.bfloat16}  # the convolutions really ran in bf16
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}
+    assert {b.dtype for n, b in result.model.named_buffers() if "running" in n} == {torch.float32}
+    moments = [t for s in seen["state"]["optimizer"]["state"].values() for k, t in s.items()
+               if k != "step"]
+    assert moments and {t.dtype for t in moments} == {torch.float32}
+    assert all(math.isfinite(m.train_loss) and math.isfinite(m.val_loss) for m in result.history)
+
+
+def test_train_warm_up_leaves_the_run_as_it_was(tiny_data):
+    """The untimed pass over every batch shape changes nothing a run computes: same metrics,
+    same weights."""
+    config = tiny(epochs=2, conv_batchnorm=True, fc_dropout=0.3, flip=True)
+    plain = fit(config, tiny_data, warm_up=False)
+    warmed = fit(config, tiny_data, warm_up=True)
+    strip = lambda h: [{k: v for k, v in dataclasses.asdict(m).items() if k != "seconds"}  # noqa: E731
+                       for m in h]
+    assert strip(warmed.history) == strip(plain.history)
+    assert all(torch.equal(p, q) for p, q in zip(warmed.model.state_dict().values(),
+                                                 plain.model.state_dict().values()))
+
+
+def test_train_warm_up_is_not_charged_to_the_first_epoch(tiny_data, monkeypatch):
+    # Defect: the time objective's first epoch included cuDNN's autotuning of each new shape.
+    import types
+
+    import hpo.train as train_module
+    import hpo.warmup as warmup_module
+
+    clock = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    shapes = {}
+
+    def slow_warm_up(model, device, image_shape, train_sizes, eval_sizes, bf16):
+        shapes.update(train=train_sizes, eval=eval_sizes)
+        clock[0] += 1000.0  # autotuning: as long as it likes, before the clock starts
+
+    monkeypatch.setattr(warmup_module, "warm_up", slow_warm_up)
+    config = tiny(epochs=1, batch_size=32)
+    result = fit(config, tiny_data, warm_up=True)
+    assert result.seconds < 1000.0 and result.history[0].seconds < 1000.0
+    n_train, n_val = len(tiny_data.train), len(tiny_data.val)
+    assert shapes["train"][0] == 32 and shapes["eval"][0] == min(1000, n_val)
+    assert sorted(shapes["train"]) == sorted({32, n_train % 32} - {0, 1})
+    # on the CPU (no autotuning) the default skips it
+    shapes.clear()
+    fit(config, tiny_data)
+    assert shapes == {}
+
+
+@pytest.mark.parametrize("n, batch, least, expected", [
+    (100, 32, 2, [32, 4]), (97, 32, 2, [32]), (96, 32, 2, [32]), (20, 32, 2, [20]),
+    (1000, 1000, 1, [1000]), (2500, 1000, 1, [1000, 500]), (0, 32, 1, [])])
+def test_warm_up_batch_sizes(n, batch, least, expected):
+    from hpo.warmup import batch_sizes
+
+    assert batch_sizes(n, batch, least) == expected

@@ -23,7 +23,7 @@ from tests.workers import wait_for
 
 FLAGS = {"dataset": None, "epochs": 1, "train_size": None, "val_fraction": None, "seed": None,
          "n_trials": None, "sampler": "random", "pruner": "none", "objectives": None,
-         "bf16": None, "matmul_precision": None}
+         "precision": None, "matmul_precision": None, "deterministic": None}
 
 
 @pytest.fixture
@@ -178,17 +178,69 @@ def test_precision_is_a_study_setting_and_exported(sqlite_url, tiny_stages):
     # Defect 12: --bf16 was per worker, recorded nowhere; hpo train could not reproduce it.
     from hpo.export import trial_document
 
-    storage, study, settings = _open(sqlite_url, n_trials=1, bf16=True, matmul_precision="high")
-    assert (settings.bf16, settings.matmul_precision) == (True, "high")
+    storage, study, settings = _open(sqlite_url, n_trials=1, precision="bf16",
+                                     matmul_precision="high", deterministic=True)
+    assert (settings.precision, settings.matmul_precision, settings.deterministic) == \
+        ("bf16", "high", True)
     _, _, joined = _open(sqlite_url)  # a worker without the flags gets the study's precision
-    assert (joined.bf16, joined.matmul_precision) == (True, "high")
+    assert (joined.precision, joined.matmul_precision, joined.deterministic) == \
+        ("bf16", "high", True)
+    _, _, joined = _open(sqlite_url, precision="auto")  # auto: whatever the study decided
+    assert joined.precision == "bf16"
     with pytest.raises(HpoError, match="matmul-precision"):
         _open(sqlite_url, matmul_precision="medium")
+    with pytest.raises(HpoError, match="precision='bf16'; got 'fp32'"):
+        _open(sqlite_url, precision="fp32")
     trial = study.ask()
     trial.set_user_attr("config", {"conv_layers": 1})
     study.tell(trial, 0.5)
     doc = trial_document(study, study.get_trials()[0], study_records.read(storage, "s"))
-    assert (doc["bf16"], doc["matmul_precision"]) == (True, "high")
+    assert (doc["precision"], doc["bf16"], doc["matmul_precision"], doc["deterministic"]) == \
+        ("bf16", True, "high", True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_decided_once_at_creation_and_stored_concrete(
+        sqlite_url, tiny_stages, monkeypatch, native):
+    from hpo import precision
+
+    asked = []
+
+    def native_bf16(device):
+        asked.append(device)
+        return native, "stand-in device"
+
+    monkeypatch.setattr(precision, "native_bf16", native_bf16)
+    storage, _, settings = _open(sqlite_url)  # no flag: auto
+    expected = "bf16" if native else "fp32"
+    assert settings.precision == expected and len(asked) == 1
+    assert study_records.read(storage, "s")["settings"]["precision"] == expected
+    # A joiner on a device that decides otherwise keeps the study's choice; nobody asks again.
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (not native, "other device"))
+    assert _open(sqlite_url)[2].precision == expected
+
+
+@pytest.mark.parametrize("stored, expected", [({"bf16": True}, "bf16"), ({"bf16": False}, "fp32"),
+                                              ({}, "fp32")])
+def test_a_study_from_before_precision_keeps_what_it_ran(sqlite_url, tiny_stages, stored,
+                                                         expected):
+    from hpo.export import trial_document
+
+    storage, study, _ = _open(sqlite_url, precision="fp32")
+    settings = dict(study_records.read(storage, "s")["settings"])
+    for key in ("precision", "deterministic"):
+        settings.pop(key)
+    study_records.write(storage, "s", "settings", {**settings, **stored})
+    _, _, joined = _open(sqlite_url)
+    assert (joined.precision, joined.deterministic) == (expected, False)
+    if expected == "fp32":
+        with pytest.raises(HpoError, match="precision='fp32'; got 'bf16'"):
+            _open(sqlite_url, precision="bf16")
+    trial = study.ask()
+    trial.set_user_attr("config", {"conv_layers": 1})
+    study.tell(trial, 0.5)
+    doc = trial_document(study, study.get_trials()[0], study_records.read(storage, "s"))
+    assert (doc["precision"], doc["deterministic"]) == (expected, False)
 
 
 def test_multi_objective_study_refuses_a_pruner(sqlite_url, tiny_stages):
