@@ -13,6 +13,7 @@ from hpo.errors import HpoError
 def add_parser(sub, storage_flag) -> None:
     from hpo.flags import at_least, between, one_of
     from hpo.objectives import KNOWN as OBJECTIVES
+    from hpo.precision import PRECISIONS
     from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
 
     c = sub.add_parser("create-chain", help="create a chain's record without running trials")
@@ -35,9 +36,14 @@ def add_parser(sub, storage_flag) -> None:
     c.add_argument("--val-fraction", type=between(0, 1, float, open_ends=True),
                    help="share of the training set held out for validation (default 0.1)")
     c.add_argument("--seed", type=at_least(0), help="training and sampler seed")
-    c.add_argument("--bf16", action="store_true", help="bf16 autocast for every trial")
+    c.add_argument("--precision", type=one_of(*PRECISIONS),
+                   help="auto | fp32 | bf16, decided here for this machine (default auto: bf16 "
+                        "where the device computes it natively)")
+    c.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
-                   help="float32 matmul precision: highest | high | medium")
+                   help="float32 matmul and convolution precision: highest | high | medium")
+    c.add_argument("--deterministic", action="store_true",
+                   help="cuDNN's deterministic algorithms (exact re-trains on a GPU; slower)")
     c.add_argument("--space", help=argparse.SUPPRESS)  # refused with a reason, see below
     c.set_defaults(func=cmd_create_chain)
 

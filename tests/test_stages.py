@@ -244,6 +244,7 @@ class _RecordingSession:
         self.args = types.SimpleNamespace(chain_name=chain_name, after=None, from_file=None,
                                           chain="all")
         self.storage, self.stop, self.ran = storage, threading.Event(), {}
+        self.device = "cpu"  # where a chain decides --precision auto
 
     def out_of_time(self) -> bool:
         return False
