@@ -248,10 +248,11 @@ def run_worker(args: argparse.Namespace, device_name: str,
     url = resolve_url(args.storage)
     chain = protocol = None
     if args.protocol is not None:
+        from hpo.chain import check_name
         from hpo.protocol import load
 
         protocol = load(args.protocol)
-        args.chain_name = args.chain_name or protocol.name
+        args.chain_name = args.chain_name or check_name(protocol.name)
     if args.chain is not None:
         from hpo.chain import parse_chain
 
@@ -333,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     from hpo.chain import check_name
 
     try:
-        check_name(args.chain_name or "chain")
+        if args.chain_name is not None:  # a protocol's default: its file's name (checked later)
+            check_name(args.chain_name)
     except HpoError as e:
         parser.error(str(e))
     if args.lr_window is not None and args.chain is None:
