@@ -71,3 +71,29 @@ def test_a_chain_made_without_the_window_refuses_a_worker_with_it(tmp_path):
     with pytest.raises(HpoError, match=r"--lr-window 'off'; got 4.0"):
         chains.open_chain(storage, "c", stages, {"lr_window": 4.0})
     assert "lr_window" not in chains.open_chain(storage, "c", stages, {})
+
+
+def test_a_chain_with_the_window_searches_lr_around_what_each_stage_inherited(tmp_path):
+    from optuna.trial import TrialState
+
+    from hpo import study_records
+    from hpo.chain import BASE
+    from tests.conftest import run_cli
+    from tests.workers import trials
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    r = run_cli("hpo-worker", "--chain", "stage2_fc..stage3_filters", "--lr-window", "4",
+                "--n-trials", "3", "--dataset", "cifar10-sample", "--train-size", "300",
+                "--epochs", "1", "--seed", "0", "--devices", "cpu", "--storage", url,
+                "--artifacts", str(tmp_path / "art"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    storage = optuna.storages.RDBStorage(url)
+    assert study_records.read(storage, "chain")["chain"]["lr_window"] == 4.0
+    inherited = BASE["lr"]
+    for name in ("chain.stage2_fc", "chain.stage3_filters"):
+        done = [t for t in trials(url, name) if t.state == TrialState.COMPLETE]
+        warm = next(t for t in done if "warm_start" in t.user_attrs)
+        assert warm.params[PARAM] == inherited == warm.user_attrs["config"]["lr"]
+        assert all(inherited / 4 <= t.user_attrs["config"]["lr"] <= inherited * 4 for t in done)
+        best = max(done, key=lambda t: (t.value, -t.number))
+        inherited = best.user_attrs["config"]["lr"]  # what the next stage's window centres on
