@@ -3,34 +3,35 @@
 
 Arms, each the real ``hpo-worker`` in its own SQLite database, per seed:
 
-- ``hand``: the reports' process: every stage's grid (``--chain --sampler grid --pruner none``),
-  one stage after another, each freezing the best of the one before (no warm start, no pruning),
-  from the reports' start (``--from benchmarks/bases/reports.json``: no batch norm, schedule or
-  flips until stages 6 and 8 search them).
+- ``hand``: the reports' process as they ran it: ``hpo-worker --protocol reports``, the sweeps
+  of ``hpo/protocols/reports.json`` (``../shared/HAND_PROTOCOL.md``) as coordinate descent, each
+  sweep from the best so far, every run to its full epochs, no pruning, no run trained twice
+  (about 98 runs), from the reports' start (no batch norm, schedule or flips).
 - ``chain``: ``hpo-worker --chain`` with its defaults (TPE, the median pruner, the chain's
   per-stage budgets, warm starts, exhaustive small stages, its base with batch norm, cosine and
   flips).
-- ``joint``: TPE over the ``joint`` space (every knob at once) with the chain's pruner and as
-  many trials as the chain's budgets add up to.
+- ``joint``: TPE over the ``joint`` space (every knob at once) with the chain's pruner, stopped
+  once it has trained as many epochs as the chain did on the same seed.
 
-Per arm: best validation accuracy, epochs trained, wall time, epochs trained until the arm first
-matched the hand arm's final best (in the order trials finished), and the winner's test accuracy
-from ``hpo train`` of its export (the only use of the test set), whose re-trained validation
-accuracy must equal the recorded one within 0.5 point.
+Per arm and seed: best validation accuracy, epochs trained, wall time (summed over resumed
+runs), epochs trained until the arm first reached the hand arm's final best (in the order trials
+finished), its best at the chain's final epoch count, and the winner's test accuracy from ``hpo
+train`` of its export (the only use of the test set), whose re-trained validation accuracy must
+equal the recorded one within 0.5 point. One JSON object per (arm, seed) goes to ``--jsonl``
+(default ``benchmarks/results/search_quality.jsonl``), rewritten from ``--dir`` after every arm.
 
-Targets (median of the seeds): the chain matches the hand arm's best within at most one third of
-the hand arm's epochs; the chain's per-stage best never decreases; every winner re-trains to its
-recorded validation accuracy within 0.005.
+Targets (median of the seeds): the chain's best at least the hand arm's, reached within at most
+one third of the hand arm's epochs; the chain at least joint at equal epochs; the chain's
+per-stage best never decreases; every winner re-trains to its recorded validation accuracy
+within 0.005.
 
 ``--variant LABEL=FLAGS`` adds an arm ``chain-LABEL``: the chain with other hpo-worker flags
-(another pruner, base or per-stage budget), compared with the default chain at equal epochs
-through each arm's best-after-every-50-epochs curve.
+(``--lr-window 4``, another pruner, base or per-stage budget), compared with the default chain
+at equal epochs through each arm's best-after-every-50-epochs curve.
 
-CPU-sized defaults. On 2 cores, per seed: the chain about 35-80 min (15-35 from the reports'
-plain start: batch norm leads its stage 3 to wider filters), joint 1-2 hours (its wide networks),
-the hand arm about 7 hours (its stage 5 grid is ~310 distinct trials of the network stage 4
-froze, 33 s an epoch for 64-128-512 filters with 4x4 kernels on seed 0); ``--dir`` lets a run
-stop and go on. On a GPU, e.g.
+The issue's size: ``--train-size 1000 --epochs 10`` (2,000 validation images); ``--dir`` lets a
+run stop (SIGTERM to its process group: the workers re-queue their runs) and go on. On a GPU,
+e.g.
 ``--train-size 45000 --val-fraction 0.1 --epochs 15 --jobs 4 --threads 0 --device cuda``.
 """
 
@@ -55,14 +56,25 @@ RETRAIN_TOLERANCE = 0.005
 EVERY = 50  # epochs between the points of each arm's best-so-far curve
 
 
-def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path) -> float:
+def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path,
+            stop_at: int | None = None) -> float:
+    """Run (or resume) one arm; its wall time summed over every run that trained it."""
+    wall_file = log_dir / f"{arm}-{seed}.wall"
+    spent = float(wall_file.read_text()) if wall_file.exists() else 0.0
+    wall = _run_arm(arm, db, args, seed, extra, log_dir, stop_at)
+    wall_file.write_text(f"{spent + wall:.1f}")
+    return spent + wall
+
+
+def _run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path,
+             stop_at: int | None) -> float:
     cmd = _command("hpo-worker", "hpo.worker") + [
         "--storage", f"sqlite:///{db}", "--artifacts", str(db.parent / f"{arm}-artifacts"),
         "--dataset", args.dataset, "--train-size", str(args.train_size),
         "--val-fraction", str(args.val_fraction), "--epochs", str(args.epochs),
         "--seed", str(seed), "--devices", args.device, "--jobs-per-device", str(args.jobs),
         "--checkpoint-every", "0", "--quiet", *extra]
-    stop_at = args.stop_at_epochs
+    stop_at = stop_at if stop_at is not None else args.stop_at_epochs
     if stop_at is not None and db.exists() and epochs_trained(db) >= stop_at:
         _studies.log.info("seed %d, arm %s: already at --stop-at-epochs", seed, arm)
         return 0.0
@@ -132,6 +144,8 @@ def summary(db: Path, target: float | None) -> dict:
         if done and (best is None or max(done) > best):
             best, best_study = max(done), name
     return {"best_val_acc": best, "best_study": best_study, "epochs": epochs,
+            "done_order": [(len(t.user_attrs.get("history", [])),
+                            t.value if t.state == TrialState.COMPLETE else None) for t in every],
             "epochs_to_match_hand": until,
             "trained": sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in every),
             "refused_untrained": sum(t.state == TrialState.FAIL for t in every),
@@ -160,28 +174,54 @@ def retrain(db: Path, study: str, device: str, threads: int) -> dict:
                 "crop_padding")}}
 
 
+def best_within(done_order: list, epochs: int | None) -> float | None:
+    """The best value an arm had once it had trained ``epochs`` epochs (trials in the order they
+    finished; a trial counts once all its epochs are in), or None."""
+    if epochs is None:
+        return None
+    spent, best = 0, None
+    for trained, value in done_order:
+        spent += trained
+        if spent > epochs:
+            break
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
+
+
+JOINT_TRIALS = 100_000  # joint stops on the chain's epochs, not on a budget
+
+
 def one_seed(seed: int, args, tmp: Path) -> dict:
     from hpo.chain import DEFAULTS as CHAIN
-    from hpo.chain import TRIALS
 
     records = {}
     for arm in args.arms:
         db = tmp / f"{arm}-{seed}.db"
+        done = tmp / f"{arm}-{seed}.json"
+        if done.exists():  # finished and re-trained in an earlier run
+            records[arm] = json.loads(done.read_text())
+            continue
+        stop_at = None
         if arm == "hand":
-            # From the reports' start too: no batch norm, schedule or flips until stages 6 and 8.
-            extra = ["--chain", "--chain-name", "hand", "--sampler", "grid", "--pruner", "none",
-                     "--from", "benchmarks/bases/reports.json"]
+            # The reports' sweeps from the reports' start (hpo/protocols/reports.json).
+            extra = ["--protocol", args.protocol, "--chain-name", "hand"]
         elif arm == "chain":
             extra = ["--chain"]
         elif arm.startswith("chain-"):
             extra = ["--chain", *shlex.split(args.variants[arm])]
         else:
             extra = ["--study", "joint", "--sampler", "tpe", "--pruner", CHAIN["pruner"],
-                     "--n-trials", str(sum(TRIALS.values()))]
-        wall = run_arm(arm, db, args, seed, extra, tmp)
+                     "--n-trials", str(JOINT_TRIALS)]
+            if "chain" not in records:
+                raise SystemExit("the joint arm stops at the chain's epochs: run --arms with "
+                                 "chain before joint")
+            stop_at = records["chain"]["epochs"]
+        wall = run_arm(arm, db, args, seed, extra, tmp, stop_at)
         hand_best = records.get("hand", {}).get("best_val_acc", args.hand_best)
-        record = {"arm": arm, "seed": seed, "wall_s": round(wall, 1),
-                  **summary(db, hand_best if arm != "hand" else None)}
+        # The hand arm's own: the epochs it took to reach its final best.
+        target = hand_best if arm != "hand" else summary(db, None)["best_val_acc"]
+        record = {"arm": arm, "seed": seed, "wall_s": round(wall, 1), **summary(db, target)}
         if not args.no_retrain and record["best_study"]:
             record["winner"] = retrain(db, record["best_study"], args.device, args.threads)
         if arm.startswith("chain"):
@@ -191,8 +231,33 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
             record["per_stage_best_never_decreases"] = all(
                 b >= a for a, b in zip(order, order[1:])) and len(order) == len(bests)
         records[arm] = record
-        emit(record)
+        done.write_text(json.dumps(record))
+        emit({k: v for k, v in record.items() if k != "done_order"})
+        write_jsonl(tmp, args)
     return records
+
+
+def write_jsonl(folder: Path, args) -> None:
+    """One row per finished (arm, seed) of ``folder``, the issue's keys first."""
+    rows = []
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*-*.json"))
+               if re.fullmatch(r"[A-Za-z0-9_-]+-\d+\.json", p.name)]
+    chain_epochs = {r["seed"]: r["epochs"] for r in records if r["arm"] == "chain"}
+    for r in sorted(records, key=lambda r: (r["seed"], args.arms.index(r["arm"])
+                                            if r["arm"] in args.arms else 99)):
+        winner = r.get("winner", {})
+        rows.append({"arm": r["arm"], "seed": r["seed"], "train_size": args.train_size,
+                     "val_images": round(50000 * args.val_fraction),
+                     "epochs_per_trial": args.epochs, "best_val": r["best_val_acc"],
+                     "epochs": r["epochs"], "wall_s": r["wall_s"],
+                     "epochs_to_hand_best": r["epochs_to_match_hand"],
+                     "best_at_chain_epochs": best_within(r["done_order"],
+                                                         chain_epochs.get(r["seed"])),
+                     "retrained_val": winner.get("retrain_val_acc"),
+                     "test": winner.get("test_acc"), "trained": r["trained"],
+                     "best_study": r["best_study"], "per_stage_best": r["per_stage_best"]})
+    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+    args.jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def main() -> int:
@@ -218,6 +283,11 @@ def main() -> int:
     p.add_argument("--summarise", action="store_true",
                    help="with --dir: only summarise the arms' databases there, finished or not "
                         "(no training, no re-training)")
+    p.add_argument("--protocol", default="reports",
+                   help="the hand arm's sweeps: a shipped protocol or a JSON file (default "
+                        "%(default)s: hpo/protocols/reports.json)")
+    p.add_argument("--jsonl", type=Path, default=Path(__file__).parent / "results" /
+                   "search_quality.jsonl", help="one row per (arm, seed) (default %(default)s)")
     p.add_argument("--dir", type=Path,
                    help="keep the arms' databases here and resume from them: an arm stopped "
                         "part-way (Ctrl-C, a lost session) goes on where it stopped, a finished "
@@ -278,8 +348,16 @@ def main() -> int:
         targets["chain matches hand within 1/3 of hand's epochs (median of seeds)"] = (
             len(matched) * 2 > len(ratio) and statistics.median(
                 [x if x is not None else float("inf") for x in ratio]) <= 1 / 3)
+        targets["chain's best at least hand's (median of seeds)"] = med(
+            [r["chain"]["best_val_acc"] for r in results]) >= med(
+            [r["hand"]["best_val_acc"] for r in results])
         targets["chain's per-stage best never decreases"] = all(
             r["chain"]["per_stage_best_never_decreases"] for r in results)
+    if "joint" in args.arms and "chain" in args.arms:
+        joint_at = [best_within(r["joint"]["done_order"], r["chain"]["epochs"]) for r in results]
+        targets["chain at least joint at the chain's epochs (median of seeds)"] = med(
+            [r["chain"]["best_val_acc"] for r in results]) >= med(
+            [x if x is not None else 0.0 for x in joint_at])
     if not args.no_retrain:
         targets["every winner re-trains within 0.005"] = all(
             abs(rec["winner"]["retrain_val_acc"] - rec["winner"]["recorded_val_acc"])

@@ -101,7 +101,9 @@ def chain_settings(flags: dict[str, Any], stages: list[Stage]) -> dict[str, Any]
     for key, value in DEFAULTS.items():
         if given.get(key) is None:
             given[key] = value
-    return {"stages": [s.name for s in stages], **given}
+    # Stored only when on, so chains created before the setting existed still match.
+    window = {"lr_window": flags["lr_window"]} if flags.get("lr_window") else {}
+    return {"stages": [s.name for s in stages], **given, **window}
 
 
 def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any],
@@ -135,6 +137,8 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any],
         if stored.get(key) != value:
             shown = (lambda v: "..".join((v[0], v[-1])) if key == "stages" else v)
             flag = "--chain" if key == "stages" else f"--{key.replace('_', '-')}"
+            if key == "lr_window" and stored.get(key) is None:
+                stored = {**stored, key: "off"}
             raise HpoError(f"chain {name!r} was created with {flag} {shown(stored.get(key))!r}; "
                            f"got {shown(value)!r} (use the same flags, or another --chain-name)")
     return stored

@@ -51,6 +51,8 @@ def _value(value: Any) -> str:
 
 def defaults_source(origin: dict[str, Any]) -> str:
     """Which defaults a study froze, for its log line and note."""
+    if origin.get("base") == "protocol":  # hpo.protocol: its file's start
+        return f"the start of protocol `{origin.get('source')}`"
     if origin.get("base") == "chain":
         changed = ", ".join(f"{k} {v}" for k, v in CHAIN_BASE.items() if DEFAULTS.get(k) != v)
         return (f"the chain's starting point (`hpo/chain.py` BASE: the documented defaults with "

@@ -277,13 +277,15 @@ def _wait_for_setup(study: optuna.Study) -> dict[str, Any] | None:
 def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any],
                after: str | None = None, from_file: str | None = None,
                freeze_best_so_far: bool = False, default_n_trials: int | None = None,
-               chain_base: bool = False, device=None
+               chain_base: bool = False, device=None,
+               base: tuple[dict, dict] | None = None
                ) -> tuple[optuna.Study, Stage, Settings, dict[str, Any]]:
     """Create or join a study; return it with its stage, settings and frozen base config.
 
     Exactly one worker creates the study (Optuna's unique study name decides which); it writes
     the settings and the frozen base, and the marker ``stage`` last. Every other worker waits for
-    that marker, then must agree with the stored settings.
+    that marker, then must agree with the stored settings. ``space`` may be a Stage itself (a
+    protocol's sweep, hpo.protocol) and ``base`` the (frozen config, origin) a new study takes.
     """
     check_flags(flags)
     existing = {s.study_name: s for s in storage.get_all_studies()}
@@ -291,13 +293,15 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
         raise HpoError(f"--after {after!r}: no such study; studies here: "
                        f"{', '.join(sorted(existing)) or 'none'}")
     stored_stage = existing[study_name].user_attrs.get("stage") if study_name in existing else None
+    given = space if isinstance(space, Stage) else None
+    space = given.name if given else space
     if stored_stage and space and space != stored_stage:
         raise HpoError(f"study {study_name!r} searches stage {stored_stage!r}, not {space!r}")
-    stage = get_stage(space or stored_stage or study_name)
+    stage = given or get_stage(space or stored_stage or study_name)
     if study_name not in existing:
         # Checked before create_study, so that a failing command leaves no study behind.
-        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
-                                                 freeze_best_so_far, chain_base)
+        frozen, origin = base or frozen_from_predecessor(storage, stage, after, from_file,
+                                                         freeze_best_so_far, chain_base)
         settings, points = new_settings(stage, flags, frozen, default_n_trials, device)
         objectives = parse_objectives(settings.objectives)
         try:
@@ -313,8 +317,8 @@ def open_study(storage, study_name: str, space: str | None, flags: dict[str, Any
     if stored is None:
         log.info("study %r was created outside hpo; setting it up as stage %s", study_name,
                  stage.name)
-        frozen, origin = frozen_from_predecessor(storage, stage, after, from_file,
-                                                 freeze_best_so_far, chain_base)
+        frozen, origin = base or frozen_from_predecessor(storage, stage, after, from_file,
+                                                         freeze_best_so_far, chain_base)
         settings, points = new_settings(stage, flags, frozen, default_n_trials, device)
         _set_up(storage, study, stage, settings, frozen, origin, after, points)
         return study, stage, settings, frozen

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RECORDS = ("settings", "frozen_config", "chain")
+RECORDS = ("settings", "frozen_config", "chain", "protocol")
 PREFIX = "hpo:"
 
 

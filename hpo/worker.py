@@ -38,8 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the stages one after another, hands-free: all (the default: "
                         "stage1_layers..stage8_schedule) or a range such as "
                         "stage3_filters..stage8_schedule")
-    p.add_argument("--chain-name", default="chain",
-                   help="the chain's name; its stages are the studies NAME.<stage> (default chain)")
+    p.add_argument("--protocol", metavar="FILE",
+                   help="replay tuning by hand: the sweeps of a JSON file (or a shipped one: "
+                        "reports) as coordinate descent, each run to its full epochs")
+    p.add_argument("--chain-name",
+                   help="the chain's (or protocol's) name; its stages are the studies "
+                        "NAME.<stage> (default chain; a protocol: the file's name)")
+    p.add_argument("--lr-window", type=at_least(1, float), metavar="FACTOR",
+                   help="with --chain: each stage that changes the network also searches lr "
+                        "within FACTOR of the inherited one (log scale; e.g. 4; default off)")
     p.add_argument("--space", help="stage to search when the study name is not a stage name")
     p.add_argument("--storage", help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
     p.add_argument("--artifacts", help="artifact folder (default: $HPO_ARTIFACTS, else beside the db)")
@@ -164,7 +171,8 @@ class _Session:
 
     def run_study(self, study_name: str, space: str | None, flags: dict, after: str | None,
                   from_file: str | None, freeze_best_so_far: bool = False,
-                  default_n_trials: int | None = None, chain_base: bool = False) -> None:
+                  default_n_trials: int | None = None, chain_base: bool = False,
+                  base: tuple[dict, dict] | None = None) -> None:
         """Join (or create) one study and run its trials until its budget is spent (nothing
         running elsewhere either), the deadline passes or a stop signal."""
         from hpo.artifacts import ArtifactPublisher
@@ -185,7 +193,8 @@ class _Session:
         args, storage, stop = self.args, self.storage, self.stop
         study, stage, settings, frozen = open_study(storage, study_name, space, flags, after,
                                                     from_file, freeze_best_so_far,
-                                                    default_n_trials, chain_base, self.device)
+                                                    default_n_trials, chain_base,
+                                                    device=self.device, base=base)
         # Every worker gets the study's seed: samplers draw per trial from it (hpo.seeding).
         study = optuna.load_study(study_name=study_name, storage=storage,
                                   sampler=make_sampler(settings, stage, frozen, settings.seed),
@@ -195,7 +204,7 @@ class _Session:
         budget = lambda: stored_budget(storage, study_name)  # noqa: E731 (--update may raise it)
         counts = tally(study)
         if counts.left(budget()) <= 0 and counts.counts[optuna.trial.TrialState.RUNNING] == 0:
-            if args.chain is None:
+            if args.chain is None and args.protocol is None:
                 print(f"study {study_name!r}: budget of {budget()} trials already used; "
                       "nothing to do")
             else:
@@ -277,20 +286,31 @@ def run_worker(args: argparse.Namespace, device_name: str,
 
     device = resolve_device(device_name)
     url = resolve_url(args.storage)
-    chain = None
+    chain = protocol = None
+    if args.protocol is not None:
+        from hpo.chain import check_name
+        from hpo.protocol import load
+
+        protocol = load(args.protocol)
+        args.chain_name = args.chain_name or check_name(protocol.name)
     if args.chain is not None:
         from hpo.chain import parse_chain
 
         chain = parse_chain(args.chain)
-    preflight(url, args.study if chain is None else chain[0].name,
-              args.space if chain is None else chain[0].name,
+    first = "stage1_layers" if protocol else None  # a stage name only to pass the check
+    preflight(url, first or (args.study if chain is None else chain[0].name),
+              first or (args.space if chain is None else chain[0].name),
               settings_flags(args), args.after, args.from_file)
     check_artifact_folder(args.artifacts, url)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace,
                            outage_timeout=args.outage_timeout, max_retries=args.max_retries)
     session = _Session(args, device, url, storage, stop)
     try:
-        if chain is None:
+        if args.protocol is not None:
+            from hpo.protocol import run_protocol
+
+            run_protocol(session, protocol, args.chain_name, args.from_file)
+        elif chain is None:
             session.run_study(args.study, args.space, settings_flags(args), args.after,
                               args.from_file, args.freeze_best_so_far)
         else:
@@ -306,7 +326,8 @@ def run_chain(session: _Session, stages) -> None:
     from hpo.study import settings_flags
 
     args, storage = session.args, session.storage
-    record = chains.open_chain(storage, args.chain_name, stages, settings_flags(args),
+    record = chains.open_chain(storage, args.chain_name, stages,
+                               {**settings_flags(args), "lr_window": args.lr_window},
                                session.device)
     log.info("chain %r trains in %s (decided when the chain was created)", args.chain_name,
              chains.stage_flags(record)["precision"])
@@ -322,9 +343,15 @@ def run_chain(session: _Session, stages) -> None:
         name = chains.study_name(args.chain_name, stage)
         log.info("chain %r: stage %d of %d, %s", args.chain_name, i + 1, len(stages), name)
         write_chain_note(storage, args.chain_name)
-        session.run_study(name, stage.name, chains.stage_flags(record),
-                          after=previous if i else (args.after or previous),
-                          from_file=None if i else args.from_file,
+        after = previous if i else (args.after or previous)
+        from_file = None if i else args.from_file
+        space, base = stage.name, None
+        if record.get("lr_window"):  # hpo.lr_window: lr re-tuned where the network changes
+            from hpo.lr_window import chain_stage
+
+            space, base = chain_stage(storage, name, stage, after, from_file, record["lr_window"])
+        session.run_study(name, space, chains.stage_flags(record), after=after,
+                          from_file=from_file, base=base,
                           default_n_trials=chains.stage_budget(stage, record), chain_base=True)
         if session.stop.is_set() or session.out_of_time():
             log.info("chain %r: stopped in %s; start the same command again to go on",
@@ -338,16 +365,26 @@ def run_chain(session: _Session, stages) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.study is None) == (args.chain is None):
-        parser.error("give --study NAME (one stage) or --chain [FIRST..LAST] (stages in turn)")
+    if [args.study, args.chain, args.protocol].count(None) != 2:
+        parser.error("give --study NAME (one stage), --chain [FIRST..LAST] (stages in turn) or "
+                     "--protocol FILE (sweeps by hand)")
+    if args.protocol is not None:
+        from hpo.protocol import check_flags
+
+        check_flags(args, parser)
+    elif args.chain_name is None:
+        args.chain_name = "chain"
     from hpo.chain import check_name
 
     try:
-        check_name(args.chain_name)
+        if args.chain_name is not None:  # a protocol's default: its file's name (checked later)
+            check_name(args.chain_name)
     except HpoError as e:
         parser.error(str(e))
     if args.bf16 and args.precision not in (None, "bf16"):
         parser.error(f"--bf16 contradicts --precision {args.precision}; give one of them")
+    if args.lr_window is not None and args.chain is None:
+        parser.error("--lr-window is a chain setting: give it with --chain")
     if args.chain is not None and args.space is not None:
         parser.error("--space names one study's stage; a chain's stages come from --chain")
     if args.chain is not None and args.freeze_best_so_far:

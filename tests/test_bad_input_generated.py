@@ -509,6 +509,11 @@ WORKER = {
     **W_COMMON,
     "--chain": flag_values("--chain", BAD_CHAIN),
     "--chain-name": flag_values("--chain-name", BAD_CHAIN_NAME),
+    # Given with --study, the line names --protocol (only one of them is allowed).
+    "--protocol": json_file("--protocol").map(
+        lambda bad: dataclasses.replace(bad, names=(*bad.names, "--protocol"))),
+    "--lr-window": flag_values("--lr-window", st.one_of(
+        st.sampled_from(["0.5", "0", "-1", "nan", "-inf", "0.999"]), NOT_NUMBER)),
     "--timeout": flag_values("--timeout", float_at_least_zero()),
     "--devices": flag_values("--devices", BAD_DEVICES,
                              names=("--devices", "device")),
