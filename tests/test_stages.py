@@ -242,7 +242,7 @@ class _RecordingSession:
 
     def __init__(self, storage, chain_name: str):
         self.args = types.SimpleNamespace(chain_name=chain_name, after=None, from_file=None,
-                                          chain="all")
+                                          chain="all", lr_window=None)
         self.storage, self.stop, self.ran = storage, threading.Event(), {}
         self.device = "cpu"  # where a chain decides --precision auto
 
@@ -250,7 +250,7 @@ class _RecordingSession:
         return False
 
     def run_study(self, study_name, space, flags, after, from_file, freeze_best_so_far=False,
-                  default_n_trials=None, chain_base=False):
+                  default_n_trials=None, chain_base=False, base=None):
         from hpo.chain import BASE
         from hpo.study import new_settings
 
