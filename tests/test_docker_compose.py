@@ -393,7 +393,7 @@ def test_setup_accepts_every_shared_chain_setting():
 
     given = {"dataset": "cifar10-sample", "train_size": "300", "val_fraction": "0.2",
              "epochs": "2", "n_trials": "3", "sampler": "random", "pruner": "none", "seed": "1",
-             "objectives": "accuracy,time", "matmul_precision": "high"}
+             "objectives": "accuracy,time", "matmul_precision": "high", "precision": "bf16"}
     for name in SHARED:
         flag = f"--{name.replace('_', '-')}"
         values = [given[name]] if name in given else []

@@ -20,7 +20,7 @@ from tests.conftest import BIN, REPO, run_cli
 from tests.workers import trials, wait_for
 
 SWEEPS = {
-    "epochs": 1,
+    "epochs": 3,  # runs long enough for the test to catch one inside a run
     "start": {"conv_layers": 2, "filters": [16, 32], "fc_widths": [32], "batch_size": 32},
     "sweeps": [{"name": "lr", "knobs": {"lr": [0.01, 0.05]}},  # 0.01 is the start: unmeasured
                # 0.0 is the best so far's (already measured): only 0.5 is new
@@ -47,28 +47,34 @@ def test_protocol_sweeps_from_the_best_so_far_rerun_a_killed_run_and_train_nothi
     path.write_text(json.dumps(SWEEPS))
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     art = str(tmp_path / "art")
-    victim = _worker(url, path, artifacts=art, log_path=tmp_path / "victim.log")
-    survivor = _worker(url, path, artifacts=art, log_path=tmp_path / "survivor.log")
+    workers = {p.pid: p for p in (
+        _worker(url, path, artifacts=art, log_path=tmp_path / f"worker{i}.log") for i in (0, 1))}
     try:
-        def victims_running_trial():
-            assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
+        def a_worker_inside_a_run():
+            for i, p in enumerate(workers.values()):
+                assert p.poll() is None, (tmp_path / f"worker{i}.log").read_text()[-3000:]
             found = [t for t in trials(url, "mine.01_lr") if t.state == TrialState.RUNNING
-                     and t.user_attrs.get("pid") == victim.pid]
+                     and t.user_attrs.get("pid") in workers]
             if not found:
                 return None
-            # Frozen mid-run, then checked again: the kill lands inside this run, not after it.
+            # Whichever worker holds a run (the other may not have started one yet) is frozen,
+            # then checked again: the kill lands inside this run, not after it.
+            victim = workers[found[0].user_attrs["pid"]]
             victim.send_signal(signal.SIGSTOP)
             still = [t for t in trials(url, "mine.01_lr") if t.number == found[0].number
                      and t.state == TrialState.RUNNING]
             if not still:
                 victim.send_signal(signal.SIGCONT)
-            return still
-        killed = wait_for(victims_running_trial, 300, "the victim to be inside a run")[0]
+                return None
+            return victim, still[0]
+        victim, killed = wait_for(a_worker_inside_a_run, 300, "a worker to be inside a run",
+                                  interval=0.05)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-        assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
+        survivor = next(p for p in workers.values() if p is not victim)
+        assert survivor.wait(timeout=600) == 0, "the survivor failed"
     finally:
-        for p in (victim, survivor):
+        for p in workers.values():
             if p.poll() is None:
                 p.kill()
     sweep1, sweep2 = trials(url, "mine.01_lr"), trials(url, "mine.02_dropout")
