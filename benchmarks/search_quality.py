@@ -73,7 +73,9 @@ def _run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Pat
         "--dataset", args.dataset, "--train-size", str(args.train_size),
         "--val-fraction", str(args.val_fraction), "--epochs", str(args.epochs),
         "--seed", str(seed), "--devices", args.device, "--jobs-per-device", str(args.jobs),
-        "--checkpoint-every", "0", "--quiet", *extra]
+        "--checkpoint-every", "0", "--quiet",
+        # before extra, so that a variant's own --precision wins
+        *(["--precision", args.precision] if args.precision else []), *extra]
     stop_at = stop_at if stop_at is not None else args.stop_at_epochs
     if stop_at is not None and db.exists() and epochs_trained(db) >= stop_at:
         _studies.log.info("seed %d, arm %s: already at --stop-at-epochs", seed, arm)
@@ -117,6 +119,21 @@ def trials_of(db: Path) -> dict[str, list]:
     try:
         return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
                 .get_trials(deepcopy=False) for s in storage.get_all_studies()}
+    finally:
+        storage.engine.dispose()
+
+
+def precision_of(db: Path, study: str | None) -> str | None:
+    """The precision a study stored when it was created (fp32 or bf16)."""
+    import optuna
+
+    from hpo import study_records
+
+    if study is None:
+        return None
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    try:
+        return (study_records.read_one(storage, study, "settings") or {}).get("precision")
     finally:
         storage.engine.dispose()
 
@@ -222,6 +239,7 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
         # The hand arm's own: the epochs it took to reach its final best.
         target = hand_best if arm != "hand" else summary(db, None)["best_val_acc"]
         record = {"arm": arm, "seed": seed, "wall_s": round(wall, 1), **summary(db, target)}
+        record["precision"] = precision_of(db, record["best_study"])
         if not args.no_retrain and record["best_study"]:
             record["winner"] = retrain(db, record["best_study"], args.device, args.threads)
         if arm.startswith("chain"):
@@ -250,6 +268,7 @@ def write_jsonl(folder: Path, args) -> None:
                      "val_images": round(50000 * args.val_fraction),
                      "epochs_per_trial": args.epochs, "best_val": r["best_val_acc"],
                      "epochs": r["epochs"], "wall_s": r["wall_s"],
+                     "precision": r.get("precision") or "fp32",  # rows from before the key: fp32
                      "epochs_to_hand_best": r["epochs_to_match_hand"],
                      "best_at_chain_epochs": best_within(r["done_order"],
                                                          chain_epochs.get(r["seed"])),
@@ -288,6 +307,9 @@ def main() -> int:
                         "%(default)s: hpo/protocols/reports.json)")
     p.add_argument("--jsonl", type=Path, default=Path(__file__).parent / "results" /
                    "search_quality.jsonl", help="one row per (arm, seed) (default %(default)s)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="every arm's --precision (default: the worker's, auto); a study keeps "
+                        "the precision it was created with when an arm resumes")
     p.add_argument("--dir", type=Path,
                    help="keep the arms' databases here and resume from them: an arm stopped "
                         "part-way (Ctrl-C, a lost session) goes on where it stopped, a finished "
