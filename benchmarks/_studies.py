@@ -1,7 +1,7 @@
 """Shared by the search benchmarks: create a study, run the real ``hpo-worker`` on it, summarise
 its trials, export the winner and re-train it with ``hpo train``.
 
-Studies are created in-process with :func:`hpo.study.open_study` only so that the validation
+Studies are created in-process with :func:`hpo.studies.study.open_study` only so that the validation
 fraction (a stored study setting that the CLI does not expose) can be made smaller for CPU-sized
 runs; every trial is then run by the ``hpo-worker`` command, which joins the study with those
 stored settings, exactly as a user's worker would.
@@ -68,8 +68,8 @@ def subprocess_env(threads: int) -> dict[str, str]:
 def create_study(url: str, study: str, space: str, settings: dict[str, Any],
                  after: str | None = None) -> dict[str, Any]:
     """Create the study with its settings (val_fraction included); returns where it froze from."""
-    from hpo.storage import open_storage
-    from hpo.study import SETTING_FLAGS, open_study
+    from hpo.store.storage import open_storage
+    from hpo.studies.study import SETTING_FLAGS, open_study
 
     # Only study settings: open_study builds Settings from them, and "device" is a worker's flag
     flags = {k: v for k, v in settings.items() if k in SETTING_FLAGS}
@@ -85,7 +85,7 @@ def run_worker(url: str, artifacts: Path, study: str, space: str, settings: dict
                threads: int, log_dir: Path, after: str | None = None) -> dict[str, Any]:
     """Create ``study`` then run ``hpo-worker`` on it until its budget is spent."""
     frozen_from = create_study(url, study, space, settings, after)
-    cmd = _command("hpo-worker", "hpo.worker") + [
+    cmd = _command("hpo-worker", "hpo.runtime.worker") + [
         "--study", study, "--space", space, "--storage", url, "--artifacts", str(artifacts),
         "--n-trials", str(settings["n_trials"]), "--epochs", str(settings["epochs"]),
         "--train-size", str(settings["train_size"]), "--seed", str(settings["seed"]),
@@ -111,7 +111,7 @@ def summarise(url: str, study_name: str) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     storage = open_storage(url)
     try:
@@ -172,7 +172,7 @@ def export_and_train(url: str, study: str, out_dir: Path, device: str, threads: 
 def study_attrs(url: str, study_name: str) -> dict[str, Any]:
     import optuna
 
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     storage = open_storage(url)
     try:

@@ -22,7 +22,7 @@ def _storage(kind: str, path: Path):
     import optuna
 
     if kind == "sqlite":
-        from hpo.storage import open_storage
+        from hpo.store.storage import open_storage
 
         return open_storage(f"sqlite:///{path}.db", heartbeat=5, grace=10)
     from optuna.storages.journal import JournalFileBackend

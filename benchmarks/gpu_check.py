@@ -7,7 +7,7 @@ Writes one JSON document (``--out``, default benchmarks/results/gpu_check-<host>
   checkpoint resume repeat the uninterrupted run exactly; a checkpoint written on the GPU
   resumes on the CPU; the precision really reaches the convolutions (float32 "highest" against
   a float64 reference, TF32 when asked, bf16 conv outputs under autocast).
-- ``throughput``: images/s per network and precision through ``hpo.train.fit`` against a plain
+- ``throughput``: images/s per network and precision through ``hpo.training.train.fit`` against a plain
   PyTorch loop (same model, optimizer and batch, batches pre-made on the device).
 - ``jobs_per_gpu``: the reports' network trained by 1, 2, 4 and 8 processes on the GPU at once
   (started together): their summed images/s.
@@ -42,9 +42,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hpo.config import Config  # noqa: E402
-from hpo.model import build_model  # noqa: E402
-from hpo.train import configure_backend, conv_tf32_allowed, fit, make_optimizer  # noqa: E402
+from hpo.training.config import Config  # noqa: E402
+from hpo.training.model import build_model  # noqa: E402
+from hpo.training.train import configure_backend, conv_tf32_allowed, fit, make_optimizer  # noqa: E402
 
 NETWORKS = {  # the trainer_throughput networks
     "small": dict(conv_layers=2, filters=[16, 32], kernel_size=3, fc_widths=[128]),
@@ -83,9 +83,9 @@ def section(name: str, results: dict, work) -> None:
 
 
 def versions(device: torch.device) -> dict:
-    from hpo.cuda_check import driver_version
-    from hpo.export import versions as package_versions
-    from hpo.precision import native_bf16
+    from hpo.training.cuda_check import driver_version
+    from hpo.views.export import versions as package_versions
+    from hpo.training.precision import native_bf16
 
     out = {**package_versions(), "torch_cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -100,7 +100,7 @@ def versions(device: torch.device) -> dict:
 
 
 def _data(device, train_size: int):
-    from hpo import data
+    from hpo.training import data
 
     return data.load("cifar10-sample", device, 0.1, 0, train_size)
 
@@ -117,7 +117,7 @@ def _same_weights(a, b) -> bool:
 def correctness(device: torch.device, sizes: Sizes) -> dict:
     from optuna.artifacts import FileSystemArtifactStore
 
-    from hpo.checkpoints import CheckpointStore
+    from hpo.training.checkpoints import CheckpointStore
 
     out: dict = {}
     images = _data(device, sizes.train_size)
@@ -216,7 +216,7 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_rate(config: Config, images, bf16: bool) -> float:
-    """Images/s through hpo.train.fit (its own clock: warm-up excluded, validation included)."""
+    """Images/s through hpo.training.train.fit (its own clock: warm-up excluded, validation included)."""
     result = fit(config, images, bf16=bf16)
     return sum(len(images.train) for _ in result.history) / result.seconds
 
@@ -297,7 +297,7 @@ def stage(device: torch.device, sizes: Sizes) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/hpo.db"
         devices = "auto" if device.type == "cuda" else "cpu"
-        command = [sys.executable, "-m", "hpo.worker", "--study", "stage1_layers",
+        command = [sys.executable, "-m", "hpo.runtime.worker", "--study", "stage1_layers",
                    "--storage", url, "--artifacts", f"{tmp}/artifacts", "--devices", devices,
                    "--jobs-per-device", "2", "--n-trials", str(sizes.stage_trials),
                    "--epochs", str(sizes.stage_epochs), "--train-size",
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
               "--device cpu --quick checks the script itself", file=sys.stderr)
         return 2
     sizes = Sizes(args.quick)
-    from hpo.precision import resolve
+    from hpo.training.precision import resolve
 
     precision = resolve("auto", device)[0]
     results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -3,12 +3,12 @@
 Part ``a`` (throughput): trials/second of a trivial objective (stage1_layers' three suggestions,
 three reports with a pruning check each, return) through
 
-- ``ours``: the real ``hpo.worker.run_worker`` (open_storage's RetryingStorage with heartbeat,
+- ``ours``: the real ``hpo.runtime.worker.run_worker`` (open_storage's RetryingStorage with heartbeat,
   open_study, make_sampler/make_pruner, the start-up reap, the per-process heartbeat and reaper
-  threads, and hpo.loop.WorkerLoop: stale-trial check, stored budget + trial tally, ask, run,
+  threads, and hpo.runtime.loop.WorkerLoop: stale-trial check, stored budget + trial tally, ask, run,
   tell, progress). run_worker builds its TrialRunner itself, so this benchmark substitutes
-  ``hpo.runner.TrialRunner`` by a subclass with the same constructor whose ``run`` is the trivial
-  trial (reporting through the same per-epoch progress hook), and ``hpo.data.load`` by a stub.
+  ``hpo.runtime.runner.TrialRunner`` by a subclass with the same constructor whose ``run`` is the trivial
+  trial (reporting through the same per-epoch progress hook), and ``hpo.training.data.load`` by a stub.
   The real runner's own per-trial bookkeeping (user attributes, learning curve, checkpoints) is
   part b's to measure;
 - ``plain``: ``optuna.load_study(storage=URL)`` (plain RDBStorage, default TPESampler and
@@ -97,7 +97,7 @@ def trivial_trial(trial, on_epoch=None) -> float:
 
 
 def _worker_args(url: str, artifacts: str, extra: list[str]):
-    from hpo.worker import build_parser
+    from hpo.runtime.worker import build_parser
 
     return build_parser().parse_args(
         ["--study", STUDY, "--space", "stage1_layers", "--storage", url, "--artifacts", artifacts,
@@ -118,31 +118,31 @@ ABLATIONS = {
 
 def _ablate(variant: str) -> None:
     """Patch this (child) process's hpo modules for the variant's ablations."""
-    import hpo.budget
-    import hpo.loop
-    import hpo.storage
+    import hpo.studies.budget
+    import hpo.runtime.loop
+    import hpo.store.storage
     from optuna.trial import TrialState
 
     if "noreads" in ABLATIONS[variant]:
-        hpo.budget.stored_budget = lambda storage, study_name: 10 ** 9
-        hpo.loop.count_trials = lambda storage, study_id: hpo.budget.Tally(
+        hpo.studies.budget.stored_budget = lambda storage, study_name: 10 ** 9
+        hpo.runtime.loop.count_trials = lambda storage, study_id: hpo.studies.budget.Tally(
             dict.fromkeys(TrialState, 0), None)
     if "nobeat" in ABLATIONS[variant]:
-        hpo.storage.RetryingStorage.record_heartbeat = lambda self, trial_id: None
+        hpo.store.storage.RetryingStorage.record_heartbeat = lambda self, trial_id: None
 
 
 def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifacts: str, barrier,
                 queue) -> None:
     import optuna
 
-    import hpo.data
-    import hpo.runner
-    from hpo.runner import Ending, Outcome
-    from hpo.worker import run_worker, setup_logging
+    import hpo.training.data
+    import hpo.runtime.runner
+    from hpo.runtime.runner import Ending, Outcome
+    from hpo.runtime.worker import run_worker, setup_logging
 
     counts = count_round_trips()
 
-    class TrivialRunner(hpo.runner.TrialRunner):
+    class TrivialRunner(hpo.runtime.runner.TrialRunner):
         """The real runner's constructor and progress hook; a trivial trial for training."""
 
         def __init__(self, *args, **kwargs):
@@ -160,8 +160,8 @@ def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifact
             except optuna.TrialPruned as e:
                 return Outcome(Ending.PRUNED, str(e))
 
-    hpo.runner.TrialRunner = TrivialRunner  # run_worker imports it from hpo.runner when called
-    hpo.data.load = lambda *args, **kwargs: types.SimpleNamespace(image_size=32)  # CIFAR-sized
+    hpo.runtime.runner.TrialRunner = TrivialRunner  # run_worker imports it from hpo.runtime.runner when called
+    hpo.training.data.load = lambda *args, **kwargs: types.SimpleNamespace(image_size=32)  # CIFAR-sized
     _ablate(variant)
     setup_logging(quiet=True)
     _quiet()
@@ -197,8 +197,8 @@ def _create_study(variant: str, url: str, artifacts: str, heartbeat: int) -> Non
     if variant == "plain":
         optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
         return
-    from hpo.storage import open_storage
-    from hpo.study import open_study, settings_flags
+    from hpo.store.storage import open_storage
+    from hpo.studies.study import open_study, settings_flags
 
     # The budget is stored in the study: the workers' --n-trials must agree with it
     args = _worker_args(url, artifacts, ["--n-trials", str(10 ** 9)])
@@ -355,20 +355,20 @@ def instrument(timers: Timers) -> None:
 
     run_worker imports its collaborators from their modules when it is called, so patching the
     module attributes before the call is enough."""
-    import hpo.artifacts
-    import hpo.budget
-    import hpo.checkpoints
-    import hpo.loop
-    import hpo.plots
-    import hpo.progress
-    import hpo.reaper
-    import hpo.runner
-    import hpo.storage
-    import hpo.study
-    import hpo.train
+    import hpo.store.artifacts
+    import hpo.studies.budget
+    import hpo.training.checkpoints
+    import hpo.runtime.loop
+    import hpo.views.plots
+    import hpo.runtime.progress
+    import hpo.runtime.reaper
+    import hpo.runtime.runner
+    import hpo.store.storage
+    import hpo.studies.study
+    import hpo.training.train
 
     w = timers.wrap
-    original_open = hpo.storage.open_storage
+    original_open = hpo.store.storage.open_storage
 
     def open_storage(*args, **kwargs):
         storage = original_open(*args, **kwargs)
@@ -377,8 +377,8 @@ def instrument(timers: Timers) -> None:
                 setattr(storage, name, w("storage." + name, getattr(storage, name)))
         return storage
 
-    hpo.storage.open_storage = open_storage
-    original_sampler, original_pruner = hpo.study.make_sampler, hpo.study.make_pruner
+    hpo.store.storage.open_storage = open_storage
+    original_sampler, original_pruner = hpo.studies.study.make_sampler, hpo.studies.study.make_pruner
 
     def make_sampler(*args, **kwargs):
         sampler = original_sampler(*args, **kwargs)
@@ -392,8 +392,8 @@ def instrument(timers: Timers) -> None:
         pruner.prune = w("pruner.prune", pruner.prune)
         return pruner
 
-    hpo.study.make_sampler, hpo.study.make_pruner = make_sampler, make_pruner
-    original_fit = hpo.runner.fit
+    hpo.studies.study.make_sampler, hpo.studies.study.make_pruner = make_sampler, make_pruner
+    original_fit = hpo.runtime.runner.fit
 
     def fit(config, data, on_epoch=None, *args, **kwargs):
         def epoch_hook(metrics, checkpoint):
@@ -402,26 +402,26 @@ def instrument(timers: Timers) -> None:
 
         return original_fit(config, data, epoch_hook if on_epoch else None, *args, **kwargs)
 
-    hpo.runner.fit = w("fit (training + rest)", fit)
-    hpo.runner.config_from_trial = w("runner.config_from_trial", hpo.runner.config_from_trial)
-    hpo.train.build_model = w("fit.build_model", hpo.train.build_model)
-    hpo.plots.plot_learning_curve = w("artifacts.plot_png", hpo.plots.plot_learning_curve)
-    hpo.artifacts.upload_artifact = w("artifacts.upload", hpo.artifacts.upload_artifact)
-    _wrap_methods(timers, hpo.runner.TrialRunner, {
+    hpo.runtime.runner.fit = w("fit (training + rest)", fit)
+    hpo.runtime.runner.config_from_trial = w("runner.config_from_trial", hpo.runtime.runner.config_from_trial)
+    hpo.training.train.build_model = w("fit.build_model", hpo.training.train.build_model)
+    hpo.views.plots.plot_learning_curve = w("artifacts.plot_png", hpo.views.plots.plot_learning_curve)
+    hpo.store.artifacts.upload_artifact = w("artifacts.upload", hpo.store.artifacts.upload_artifact)
+    _wrap_methods(timers, hpo.runtime.runner.TrialRunner, {
         "run": "runner", "_record": "runner.record", "_resume": "runner.resume"})
-    _wrap_methods(timers, hpo.artifacts.ArtifactPublisher, {
+    _wrap_methods(timers, hpo.store.artifacts.ArtifactPublisher, {
         "curve": "artifacts.curve", "config": "artifacts.config", "model_if_best": "artifacts.best_model"})
-    _wrap_methods(timers, hpo.checkpoints.CheckpointStore, {
+    _wrap_methods(timers, hpo.training.checkpoints.CheckpointStore, {
         "save": "checkpoint.save", "load": "checkpoint.load", "remove": "checkpoint.remove"})
     # Not run_one: it spans a whole trial and the gaps on both sides of it (see _breakdown)
-    _wrap_methods(timers, hpo.loop.WorkerLoop, {"_tell": "loop.tell"})
-    hpo.loop.count_trials = w("loop.count_trials", hpo.loop.count_trials)
-    hpo.loop.gives_way = w("loop.gives_way", hpo.loop.gives_way)
-    hpo.budget.stored_budget = w("loop.stored_budget", hpo.budget.stored_budget)
+    _wrap_methods(timers, hpo.runtime.loop.WorkerLoop, {"_tell": "loop.tell"})
+    hpo.runtime.loop.count_trials = w("loop.count_trials", hpo.runtime.loop.count_trials)
+    hpo.runtime.loop.gives_way = w("loop.gives_way", hpo.runtime.loop.gives_way)
+    hpo.studies.budget.stored_budget = w("loop.stored_budget", hpo.studies.budget.stored_budget)
     # Labelled storage.*: the reaper's own query bypasses the storage's public methods
-    _wrap_methods(timers, hpo.reaper.Reaper, {
+    _wrap_methods(timers, hpo.runtime.reaper.Reaper, {
         "reap": "reaper.reap", "_running_heartbeats": "storage.running_heartbeats"})
-    _wrap_methods(timers, hpo.progress.Progress, {
+    _wrap_methods(timers, hpo.runtime.progress.Progress, {
         "epoch": "progress.epoch", "trial_done": "progress.trial_done",
         "_count_finished": "progress._count_finished"})
 
@@ -440,7 +440,7 @@ def part_b(args) -> dict:
 
     import optuna
 
-    from hpo.worker import run_worker, setup_logging
+    from hpo.runtime.worker import run_worker, setup_logging
 
     timers = Timers()
     instrument(timers)

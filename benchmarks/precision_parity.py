@@ -1,7 +1,7 @@
 """Does bf16 train to the same accuracy as float32, and how much faster, through hpo's trainer?
 
 Four networks (the reports' start, the network they settled on, a small one and a wide one),
-each trained by ``hpo.train.fit`` for 10 epochs on 1,000 real CIFAR-10 training images, on
+each trained by ``hpo.training.train.fit`` for 10 epochs on 1,000 real CIFAR-10 training images, on
 three seeds, in float32 and in bf16 (``--precision bf16``: autocast forward, float32 weights,
 optimiser state, normalisation statistics and loss). Runs alternate precisions within each seed
 (fp32 first on even seeds, bf16 first on odd ones), in one process on one thread, so machine
@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from hpo import data  # noqa: E402
-from hpo.config import from_dict, load_json  # noqa: E402
-from hpo.train import configure_backend, fit  # noqa: E402
+from hpo.training import data  # noqa: E402
+from hpo.training.config import from_dict, load_json  # noqa: E402
+from hpo.training.train import configure_backend, fit  # noqa: E402
 from search_spaces import DEFAULTS  # noqa: E402
 
 DATASET = "imagefolder:" + str(REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")

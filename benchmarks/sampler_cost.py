@@ -2,9 +2,9 @@
 
 Variants, each on its own study in one scratch database, all with the same history:
 
-- ``ours``: ``hpo.storage.open_storage`` (heartbeat on, as workers open it, so ``ask`` also
+- ``ours``: ``hpo.store.storage.open_storage`` (heartbeat on, as workers open it, so ``ask`` also
   records the heartbeat of the trial it claims) and the sampler of
-  ``hpo.study.make_sampler`` for a tpe Settings (TPESampler(constant_liar=True, multivariate=True));
+  ``hpo.studies.study.make_sampler`` for a tpe Settings (TPESampler(constant_liar=True, multivariate=True));
 - ``plain``: ``optuna.storages.RDBStorage(url)`` and ``TPESampler()``;
 - ``ours-univariate``: ours' storage, TPESampler(constant_liar=True), to attribute the cost of
   multivariate TPE.
@@ -125,8 +125,8 @@ def open_variant(variant: str, url: str):
         storage = optuna.storages.RDBStorage(url)
         sampler = optuna.samplers.TPESampler()
     else:
-        from hpo.storage import open_storage
-        from hpo.study import Settings, make_sampler
+        from hpo.store.storage import open_storage
+        from hpo.studies.study import Settings, make_sampler
         from search_spaces import DEFAULTS, get_stage
 
         storage = open_storage(url, heartbeat=10, grace=30)

@@ -1,17 +1,17 @@
 """How far one PostgreSQL server carries the workers: the real storage path from 8-64 processes,
 against the server directly and through PgBouncer (transaction pooling).
 
-Each process is a worker without training: hpo.storage.open_storage (RetryingStorage with
+Each process is a worker without training: hpo.store.storage.open_storage (RetryingStorage with
 heartbeat, as hpo-worker opens it), the study loaded with the sampler and pruner that
-hpo.study.make_sampler/make_pruner build for its stored settings (seed = slot, as run_worker
-seeds them with --seed 0), the start-up reap, hpo.progress, the per-process heartbeat and reaper threads and
-hpo.loop.WorkerLoop (stale-trial check, budget and trial tally, ask, run, tell), as
-hpo.worker.run_worker wires them. The runner is a stand-in: it makes the stage's three
+hpo.studies.study.make_sampler/make_pruner build for its stored settings (seed = slot, as run_worker
+seeds them with --seed 0), the start-up reap, hpo.runtime.progress, the per-process heartbeat and reaper threads and
+hpo.runtime.loop.WorkerLoop (stale-trial check, budget and trial tally, ask, run, tell), as
+hpo.runtime.worker.run_worker wires them. The runner is a stand-in: it makes the stage's three
 suggestions (stage1_layers), then for each of ``--epochs`` epochs sleeps ``--trial-seconds /
---epochs`` (the training), reports, asks the pruner, and returns an hpo.outcome Outcome. What
+--epochs`` (the training), reports, asks the pruner, and returns an hpo.runtime.outcome Outcome. What
 run_worker does besides is left out: data loading, the artifact store, and the real runner's
 own per-trial writes (user attributes, checkpoint pointers, artifact uploads); see ``--attrs``.
-No process imports torch (hpo.loop and hpo.outcome do not); each reports whether it did.
+No process imports torch (hpo.runtime.loop and hpo.runtime.outcome do not); each reports whether it did.
 
 All processes start together behind a barrier and run for ``--seconds`` of wall time. From the
 window [barrier, barrier + seconds] each measurement reports: finished (complete + pruned)
@@ -116,7 +116,7 @@ def _tagged(tag: str, fn, sink: list | None = None):
 
 class StandInRunner:
     """The stage's suggestions, then per epoch: sleep (the training), report, pruning check.
-    Endings are hpo.runner Outcomes, as the real runner returns them to the loop."""
+    Endings are hpo.runtime.runner Outcomes, as the real runner returns them to the loop."""
 
     def __init__(self, stage, epochs: int, trial_seconds: float, attrs: bool, on_epoch, sleeps):
         self.stage, self.epochs, self.attrs = stage, epochs, attrs
@@ -129,7 +129,7 @@ class StandInRunner:
 
         import optuna
 
-        from hpo.outcome import Ending, Outcome
+        from hpo.runtime.outcome import Ending, Outcome
         from search_spaces import DEFAULTS
 
         try:
@@ -213,7 +213,7 @@ def _snapshot(counter: collections.Counter) -> dict:
 
 
 def _worker(slot: int, url: str, sampler, pruner, cfg: dict, barrier, queue, log_path: str) -> None:
-    """One worker process: the storage path of hpo.worker.run_worker with a stand-in runner."""
+    """One worker process: the storage path of hpo.runtime.worker.run_worker with a stand-in runner."""
     import logging
     import warnings
 
@@ -228,18 +228,18 @@ def _worker(slot: int, url: str, sampler, pruner, cfg: dict, barrier, queue, log
     sleeps: list = []
     setup_error = None
     try:
-        from hpo.loop import WorkerLoop  # imports no torch (hpo.outcome, not hpo.runner)
+        from hpo.runtime.loop import WorkerLoop  # imports no torch (hpo.runtime.outcome, not hpo.runtime.runner)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         optuna.logging.disable_default_handler()
         optuna.logging.enable_propagation()  # Optuna's warnings into this worker's log
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        from hpo.budget import stored_budget, tally
-        from hpo.heartbeat import Heartbeat
-        from hpo.progress import Progress
-        from hpo.reaper import Reaper, ReaperThread
-        from hpo.storage import open_storage
+        from hpo.studies.budget import stored_budget, tally
+        from hpo.runtime.heartbeat import Heartbeat
+        from hpo.runtime.progress import Progress
+        from hpo.runtime.reaper import Reaper, ReaperThread
+        from hpo.store.storage import open_storage
         from search_spaces import get_stage
 
         stop = threading.Event()
@@ -435,10 +435,10 @@ def _ms(value: float | None) -> float | None:
 
 def _create_study(url: str, args) -> list:
     """The study with the sampler/pruner settings; per worker, the sampler and pruner that
-    hpo.study builds for it (sampler seed = slot). Imports hpo.study (and so torch) here, in the
+    hpo.studies.study builds for it (sampler seed = slot). Imports hpo.studies.study (and so torch) here, in the
     parent only."""
-    from hpo.storage import open_storage
-    from hpo.study import SETTING_FLAGS, make_pruner, make_sampler, open_study
+    from hpo.store.storage import open_storage
+    from hpo.studies.study import SETTING_FLAGS, make_pruner, make_sampler, open_study
 
     flags = dict.fromkeys(SETTING_FLAGS)
     flags.update(n_trials=10 ** 9, sampler=args.sampler, pruner=args.pruner, epochs=args.epochs)

@@ -4,7 +4,7 @@
 Arms, each the real ``hpo-worker`` in its own SQLite database, per seed:
 
 - ``hand``: the reports' process as they ran it: ``hpo-worker --protocol reports``, the sweeps
-  of ``hpo/protocols/reports.json`` (``../shared/HAND_PROTOCOL.md``) as coordinate descent, each
+  of ``hpo/studies/protocols/reports.json`` (``../shared/HAND_PROTOCOL.md``) as coordinate descent, each
   sweep from the best so far, every run to its full epochs, no pruning, no run trained twice
   (about 98 runs), from the reports' start (no batch norm, schedule or flips).
 - ``chain``: ``hpo-worker --chain`` with its defaults (TPE, the median pruner, the chain's
@@ -68,7 +68,7 @@ def run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path
 
 def _run_arm(arm: str, db: Path, args, seed: int, extra: list[str], log_dir: Path,
              stop_at: int | None) -> float:
-    cmd = _command("hpo-worker", "hpo.worker") + [
+    cmd = _command("hpo-worker", "hpo.runtime.worker") + [
         "--storage", f"sqlite:///{db}", "--artifacts", str(db.parent / f"{arm}-artifacts"),
         "--dataset", args.dataset, "--train-size", str(args.train_size),
         "--val-fraction", str(args.val_fraction), "--epochs", str(args.epochs),
@@ -127,7 +127,7 @@ def precision_of(db: Path, study: str | None) -> str | None:
     """The precision a study stored when it was created (fp32 or bf16)."""
     import optuna
 
-    from hpo import study_records
+    from hpo.store import study_records
 
     if study is None:
         return None
@@ -210,7 +210,7 @@ JOINT_TRIALS = 100_000  # joint stops on the chain's epochs, not on a budget
 
 
 def one_seed(seed: int, args, tmp: Path) -> dict:
-    from hpo.chain import DEFAULTS as CHAIN
+    from hpo.studies.chain import DEFAULTS as CHAIN
 
     records = {}
     for arm in args.arms:
@@ -221,7 +221,7 @@ def one_seed(seed: int, args, tmp: Path) -> dict:
             continue
         stop_at = None
         if arm == "hand":
-            # The reports' sweeps from the reports' start (hpo/protocols/reports.json).
+            # The reports' sweeps from the reports' start (hpo/studies/protocols/reports.json).
             extra = ["--protocol", args.protocol, "--chain-name", "hand"]
         elif arm == "chain":
             extra = ["--chain"]
@@ -304,7 +304,7 @@ def main() -> int:
                         "(no training, no re-training)")
     p.add_argument("--protocol", default="reports",
                    help="the hand arm's sweeps: a shipped protocol or a JSON file (default "
-                        "%(default)s: hpo/protocols/reports.json)")
+                        "%(default)s: hpo/studies/protocols/reports.json)")
     p.add_argument("--jsonl", type=Path, default=Path(__file__).parent / "results" /
                    "search_quality.jsonl", help="one row per (arm, seed) (default %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),

@@ -2,14 +2,14 @@
 
 Three loops share the model, optimizer, batch size and augmentation (flip + 4px random crop):
 
-- ``ours``: ``DeviceData.train_batches`` feeding the step that ``hpo.train.fit`` takes;
+- ``ours``: ``DeviceData.train_batches`` feeding the step that ``hpo.training.train.fit`` takes;
 - ``conventional``: a Dataset of decoded images with per-sample torchvision transforms
   (RandomHorizontalFlip, RandomCrop(padding=4), ToTensor, Normalize) behind
   ``DataLoader(shuffle=True, num_workers=N)``, the way the course reports trained;
 - ``compute_bound``: the same step repeated on one pre-made, normalised batch (no data work).
 
 Each loop runs in every precision asked (``--precisions``, default fp32 and bf16: autocast as
-``hpo.train.fit`` uses it). Rounds interleave loops and precisions (in alternating order) so
+``hpo.training.train.fit`` uses it). Rounds interleave loops and precisions (in alternating order) so
 machine noise hits all of them; each measurement skips a few warm-up batches, then times a fixed
 number of images. Output is one JSON line per measurement and one summary line (medians over
 rounds) per architecture and precision, then one line per architecture with bf16's speed over
@@ -38,11 +38,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hpo.config import Config  # noqa: E402
-from hpo.data import DeviceData, load_images  # noqa: E402
+from hpo.training.config import Config  # noqa: E402
+from hpo.training.data import DeviceData, load_images  # noqa: E402
 from hpo.errors import HpoError  # noqa: E402
-from hpo.model import build_model  # noqa: E402
-from hpo.train import configure_backend, make_optimizer, resolve_device  # noqa: E402
+from hpo.training.model import build_model  # noqa: E402
+from hpo.training.train import configure_backend, make_optimizer, resolve_device  # noqa: E402
 
 log = logging.getLogger("trainer_throughput")
 
@@ -63,7 +63,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class Trainer:
-    """Model, optimizer and training step set up and taken exactly as ``hpo.train.fit`` does."""
+    """Model, optimizer and training step set up and taken exactly as ``hpo.training.train.fit`` does."""
 
     def __init__(self, config: Config, data: DeviceData, bf16: bool = False):
         self.device, self.bf16 = data.device, bf16

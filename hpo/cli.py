@@ -14,10 +14,10 @@ from hpo.errors import HpoError
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from hpo import data
-    from hpo.config import config_from_document, load_json
-    from hpo.export import select_document
-    from hpo.train import configure_backend, evaluate, fit, resolve_device
+    from hpo.training import data
+    from hpo.training.config import config_from_document, load_json
+    from hpo.views.export import select_document
+    from hpo.training.train import configure_backend, evaluate, fit, resolve_device
 
     if args.output:
         check_output_file(args.output)
@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the same thread count as the trial: CPU float reductions, hence results, depend on it
         torch.set_num_threads(threads)
         print(f"{threads} CPU thread(s){'' if args.threads is not None else ', as the trial ran'}")
-    # Precision is part of the result: the trial's unless overridden (hpo.precision).
+    # Precision is part of the result: the trial's unless overridden (hpo.training.precision).
     precision, why = train_precision(args, doc, device)
     deterministic = args.deterministic or bool(doc.get("deterministic", False))
     configure_backend(device, args.matmul_precision or doc.get("matmul_precision") or "highest",
@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_precision(args: argparse.Namespace, doc: dict, device) -> tuple[str, str]:
     """(fp32 or bf16, why) for hpo train: --precision/--bf16, else the exported trial's, else
     auto for this device."""
-    from hpo.precision import flag_value, from_record, resolve
+    from hpo.training.precision import flag_value, from_record, resolve
 
     asked = flag_value(args)
     if asked is None and ("precision" in doc or "bf16" in doc):
@@ -96,8 +96,8 @@ def check_output_file(output: str) -> None:
 
 
 def cmd_create_study(args: argparse.Namespace) -> int:
-    from hpo.storage import open_storage, resolve_url
-    from hpo.study import open_study, preflight, settings_flags, update_budget
+    from hpo.store.storage import open_storage, resolve_url
+    from hpo.studies.study import open_study, preflight, settings_flags, update_budget
 
     flags = settings_flags(args)
     if not args.update:
@@ -134,7 +134,7 @@ def cmd_create_study(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from hpo.stage_budgets import table
+    from hpo.studies.stage_budgets import table
     from search_spaces import all_stages
 
     print(table(list(all_stages().values())))
@@ -142,8 +142,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpo.status import status_table
-    from hpo.storage import open_storage
+    from hpo.views.status import status_table
+    from hpo.store.storage import open_storage
 
     print(status_table(open_storage(args.storage, outage_timeout=args.outage_timeout,
                                     create=False), args.study))
@@ -151,8 +151,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hpo.export import export
-    from hpo.storage import open_storage
+    from hpo.views.export import export
+    from hpo.store.storage import open_storage
 
     if args.output:
         check_output_file(args.output)
@@ -169,15 +169,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpo.dashboard import serve
+    from hpo.views.dashboard import serve
 
     serve(args.storage, args.artifacts, args.host, args.port)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpo.report import write_report
-    from hpo.storage import open_storage
+    from hpo.views.report import write_report
+    from hpo.store.storage import open_storage
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise HpoError(f"-o {args.output!r} is invalid: it is a file; allowed: a folder "
@@ -195,9 +195,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from hpo.flags import OneLineParser, at_least, between, one_of
-    from hpo.objectives import KNOWN as OBJECTIVES
-    from hpo.precision import PRECISIONS
-    from hpo.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
+    from hpo.studies.objectives import KNOWN as OBJECTIVES
+    from hpo.training.precision import PRECISIONS
+    from hpo.studies.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
 
     p = OneLineParser(prog="hpo", description=(
         "Look at, export and re-train what hpo-worker searched: list the stages and their "
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change an existing study's budget (--n-trials); running workers follow")
     c.set_defaults(func=cmd_create_study)
 
-    from hpo import chain_setup
+    from hpo.studies import chain_setup
 
     chain_setup.add_parser(sub, storage_flag)  # create-chain
 

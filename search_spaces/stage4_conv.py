@@ -7,7 +7,7 @@ def suggest(trial, frozen):
     if frozen["conv_layers"] == 0:
         return dict(frozen)  # no conv layer: no geometry
     # A geometry that shrinks a map below 1x1 is refused before training and not counted
-    # against the budget (hpo.runner); the chain leaves such points out of exhaustive stages.
+    # against the budget (hpo.runtime.runner); the chain leaves such points out of exhaustive stages.
     return {
         **frozen,
         "kernel_size": trial.suggest_int("kernel_size", 2, 7),

@@ -15,7 +15,7 @@ def trainable_l1(frozen):
     """The L1 strengths whose penalty at initialisation is at most the cross-entropy of a
     10-class guess (ln 10): beyond that the network spends its training shrinking weights.
     A larger network carries more weight mass, so it gets fewer strengths."""
-    from hpo.geometry import is_possible, l1_mass_at_init
+    from hpo.training.geometry import is_possible, l1_mass_at_init
 
     if not is_possible(frozen, IMAGE_SIZE):
         return L1

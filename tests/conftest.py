@@ -18,7 +18,7 @@ DEFAULT_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 @pytest.fixture(scope="session")
 def sample_images():
-    from hpo.data import load_images
+    from hpo.training.data import load_images
 
     return load_images("cifar10-sample")
 
@@ -26,7 +26,7 @@ def sample_images():
 @pytest.fixture(scope="session")
 def small_data(sample_images):
     """The embedded sample on the CPU, trained on 600 images for speed."""
-    from hpo.data import DeviceData
+    from hpo.training.data import DeviceData
 
     return DeviceData(sample_images, "cpu", val_fraction=0.1, split_seed=0, train_size=600)
 

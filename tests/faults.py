@@ -179,8 +179,8 @@ def _inject(plan: Plan, seed: int, pg: ThrowawayPostgres, slots: list[Slot],
 
 def ledger(url: str, plan: Plan, slots: list[Slot]) -> dict[str, Any]:
     """Per stage what the chain's studies hold, and every violation of what must hold."""
-    from hpo import study_records
-    from hpo.retries import DEATHS, REAPED_ALIVE, left_failed
+    from hpo.store import study_records
+    from hpo.runtime.retries import DEATHS, REAPED_ALIVE, left_failed
 
     storage = optuna.storages.RDBStorage(url)
     stages, problems, previous = [], [], None

@@ -90,11 +90,11 @@ def test_out_of_memory_is_a_recorded_failure_and_the_worker_goes_on(small_data, 
 
     import threading
 
-    from hpo import runner as runner_module
-    from hpo.artifacts import ArtifactPublisher
-    from hpo.checkpoints import CheckpointStore
-    from hpo.loop import told_state
-    from hpo.objectives import ACCURACY
+    from hpo.runtime import runner as runner_module
+    from hpo.store.artifacts import ArtifactPublisher
+    from hpo.training.checkpoints import CheckpointStore
+    from hpo.runtime.loop import told_state
+    from hpo.studies.objectives import ACCURACY
     from search_spaces import get_stage, DEFAULTS
 
     calls = []

@@ -3,7 +3,7 @@ anything.
 
 A Hypothesis property per command draws one bad input (a flag value, a positional, an
 environment variable, an unknown flag, a flag without its value) and puts it among otherwise
-valid arguments, runs the real entry point in this process (``hpo.worker.main`` /
+valid arguments, runs the real entry point in this process (``hpo.runtime.worker.main`` /
 ``hpo.cli.main``; argparse and preflight errors come long before any training, so this takes
 milliseconds, not a subprocess start), in a fresh working directory, and checks the rules:
 
@@ -47,7 +47,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hpo.config import FIELDS as CONFIG_FIELDS  # no torch: hpo.config is plain Python
+from hpo.training.config import FIELDS as CONFIG_FIELDS  # no torch: hpo.training.config is plain Python
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "examples" / "cnn3.json")
@@ -91,7 +91,8 @@ def invoke(prog: str, argv: list[str]) -> Outcome:
     code, an uncaught exception a traceback on stderr and exit 1; stderr gets every log line
     and warning the command emits (the root logger is empty while it runs, so the command's own
     logging.basicConfig writes here, as it would in a fresh process)."""
-    from hpo import cli, worker
+    from hpo import cli
+    from hpo.runtime import worker
 
     import optuna
 
@@ -149,7 +150,10 @@ def guard():
     dataset *name* is still checked, as the real loader does before reading."""
     import optuna_dashboard
 
-    from hpo import data, launcher, loop, report, storage, train
+    from hpo.training import data, train
+    from hpo.runtime import launcher, loop
+    from hpo.views import report
+    from hpo.store import storage
 
     def reached(what):
         def stop(*args, **kwargs):
@@ -656,7 +660,8 @@ def _value_flags(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    from hpo import cli, worker
+    from hpo import cli
+    from hpo.runtime import worker
 
     if command == "hpo-worker":
         return worker.build_parser()

@@ -12,9 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import chain as chains
-from hpo import study_records
-from hpo.geometry import is_possible
+from hpo.studies import chain as chains
+from hpo.store import study_records
+from hpo.training.geometry import is_possible
 from hpo.errors import HpoError
 from tests.conftest import BIN, REPO, run_cli
 from tests.workers import trials, wait_for
@@ -122,8 +122,8 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
 
 
 def test_chain_base_is_the_defaults_plus_three_knobs_and_from_replaces_it(tmp_path):
-    from hpo.notes import stage_note
-    from hpo.study import frozen_from_predecessor
+    from hpo.views.notes import stage_note
+    from hpo.studies.study import frozen_from_predecessor
     from search_spaces import DEFAULTS, get_stage
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'x.db'}")
@@ -214,8 +214,8 @@ def test_chain_bad_range_is_one_line_and_stores_nothing(tmp_path, chain, message
 
 def test_chain_name_taken_with_other_settings_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    from hpo.chain import open_chain, parse_chain
-    from hpo.storage import open_storage
+    from hpo.studies.chain import open_chain, parse_chain
+    from hpo.store.storage import open_storage
 
     storage = open_storage(url)
     open_chain(storage, "mine", parse_chain("stage6_batchnorm..stage8_schedule"),
@@ -235,8 +235,8 @@ def test_chain_name_taken_with_other_settings_is_refused(tmp_path):
 def test_chain_default_pruner_is_median_and_an_older_chain_keeps_its_own(tmp_path):
     """A changed default must not refuse, or silently re-prune, a chain created before it: a
     worker started without --pruner joins with the chain's stored pruner."""
-    from hpo.chain import open_chain, parse_chain
-    from hpo.storage import open_storage
+    from hpo.studies.chain import open_chain, parse_chain
+    from hpo.store.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
     stages = parse_chain("stage6_batchnorm..stage8_schedule")
@@ -253,9 +253,9 @@ def test_chain_default_pruner_is_median_and_an_older_chain_keeps_its_own(tmp_pat
 @pytest.mark.parametrize("native", [True, False])
 def test_chain_decides_auto_precision_once_and_its_stages_inherit_it(tmp_path, monkeypatch,
                                                                      native):
-    from hpo import precision
-    from hpo.chain import open_chain, parse_chain
-    from hpo.storage import open_storage
+    from hpo.training import precision
+    from hpo.studies.chain import open_chain, parse_chain
+    from hpo.store.storage import open_storage
 
     monkeypatch.setattr(precision, "native_bf16", lambda device: (native, "stand-in"))
     expected = "bf16" if native else "fp32"
@@ -275,8 +275,8 @@ def test_chain_decides_auto_precision_once_and_its_stages_inherit_it(tmp_path, m
 
 
 def test_an_older_chain_keeps_its_bf16_flag(tmp_path):
-    from hpo.chain import open_chain, parse_chain
-    from hpo.storage import open_storage
+    from hpo.studies.chain import open_chain, parse_chain
+    from hpo.store.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
     stages = parse_chain("stage6_batchnorm..stage8_schedule")
@@ -298,7 +298,7 @@ def test_chain_and_study_together_is_refused(tmp_path):
 
 def test_a_users_stage_extends_the_chain_through_builds_on(tmp_path, monkeypatch):
     monkeypatch.setenv("HPO_STAGES", "tests.chain_extension")
-    from hpo.chain import parse_chain
+    from hpo.studies.chain import parse_chain
 
     names = [s.name for s in parse_chain("stage7_optimizer..stage9_decay")]
     assert names == ["stage7_optimizer", "stage8_schedule", "stage9_decay"]

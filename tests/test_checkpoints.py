@@ -11,10 +11,10 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 
-from hpo.checkpoints import CheckpointStore
-from hpo.config import from_dict
-from hpo.data import DeviceData
-from hpo.train import fit
+from hpo.training.checkpoints import CheckpointStore
+from hpo.training.config import from_dict
+from hpo.training.data import DeviceData
+from hpo.training.train import fit
 
 TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
 
@@ -35,7 +35,7 @@ def store(tmp_path):
 
 def warnings_of(caplog):
     return [r for r in caplog.records
-            if r.name == "hpo.checkpoints" and r.levelno >= logging.WARNING]
+            if r.name == "hpo.training.checkpoints" and r.levelno >= logging.WARNING]
 
 
 def test_checkpoints_round_trip(store):
@@ -185,7 +185,7 @@ def test_checkpoints_at_most_one_save_is_pending(tmp_path):
 def test_checkpoints_wait_for_in_flight_copies_before_serialising(store):
     """A CUDA snapshot's copies are queued, not waited for, on the training thread: the writer
     waits on their event, and the event is not part of what is stored."""
-    from hpo.train import READY_KEY
+    from hpo.training.train import READY_KEY
 
     order = []
 
@@ -237,8 +237,8 @@ def test_checkpoints_never_unpickle_code(store, tmp_path, caplog):
 def test_checkpoints_of_every_optimizer_and_scheduler_load_weights_only(store):
     """What fit's snapshot holds (tensors, RNG ByteTensors, numbers, strings, plain containers, a
     MultiStepLR's Counter) loads with weights_only=True."""
-    from hpo.model import build_model
-    from hpo.train import make_optimizer, make_scheduler, snapshot
+    from hpo.training.model import build_model
+    from hpo.training.train import make_optimizer, make_scheduler, snapshot
 
     for optimizer_name in ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"):
         for scheduler_name in ("none", "step", "multistep", "cosine", "plateau"):

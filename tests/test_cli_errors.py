@@ -125,7 +125,8 @@ def test_cli_errors_leave_whole_database_intact_with_its_trials(ran):
 
 def _help_texts() -> dict[str, str]:
     """Every --help both programs print, by command line."""
-    from hpo import cli, worker
+    from hpo import cli
+    from hpo.runtime import worker
 
     texts = {"hpo-worker": worker.build_parser().format_help()}
     parser = cli.build_parser()

@@ -39,8 +39,8 @@ def test_cli_train_end_to_end(tmp_path):
     saved = torch.load(out, weights_only=False)
     assert saved["config"]["epochs"] == 1 and saved["config"]["filters"] == [8, 16]
     assert len(saved["history"]) == 1 and len(saved["classes"]) == 10
-    from hpo.config import from_dict
-    from hpo.model import build_model
+    from hpo.training.config import from_dict
+    from hpo.training.model import build_model
 
     model = build_model(from_dict(saved["config"]))
     model.load_state_dict(saved["model"])  # the checkpoint rebuilds the exact network
@@ -122,10 +122,10 @@ def test_cli_train_divergence_exits_2(tmp_path, capsys):
 @pytest.fixture
 def recorded_fit(monkeypatch):
     """hpo train with fit and the backend recorded, training one tiny epoch for real."""
-    import hpo.train
+    import hpo.training.train
 
     seen = {}
-    real_fit, real_backend = hpo.train.fit, hpo.train.configure_backend
+    real_fit, real_backend = hpo.training.train.fit, hpo.training.train.configure_backend
 
     def fit(config, data, on_epoch=None, bf16=False, **kwargs):
         seen["bf16"] = bf16
@@ -135,8 +135,8 @@ def recorded_fit(monkeypatch):
         seen["backend"] = (matmul_precision, deterministic)
         real_backend(device, matmul_precision)
 
-    monkeypatch.setattr(hpo.train, "fit", fit)
-    monkeypatch.setattr(hpo.train, "configure_backend", configure_backend)
+    monkeypatch.setattr(hpo.training.train, "fit", fit)
+    monkeypatch.setattr(hpo.training.train, "configure_backend", configure_backend)
     return seen
 
 
@@ -159,7 +159,7 @@ def test_cli_train_precision_is_the_trials_unless_asked(tmp_path, capsys, record
 @pytest.mark.parametrize("native", [True, False])
 def test_cli_train_bare_config_decides_auto_for_its_device(tmp_path, capsys, recorded_fit,
                                                            monkeypatch, native):
-    from hpo import precision
+    from hpo.training import precision
 
     monkeypatch.setattr(precision, "native_bf16", lambda device: (native, "stand-in CPU"))
     cfg = write(tmp_path / "cfg.json", CONFIG)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hpo.config import (ACTIVATIONS, FIELDS, INITS, OPTIMIZERS, POOLS, SCHEDULERS, Config,
+from hpo.training.config import (ACTIVATIONS, FIELDS, INITS, OPTIMIZERS, POOLS, SCHEDULERS, Config,
                         config_from_document, from_dict, load_json)
 from hpo.errors import HpoError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpo import study_records
+from hpo.store import study_records
 from tests.conftest import run_cli
 
 CHAIN = ("--chain", "stage6_batchnorm..stage8_schedule", "--chain-name", "night")
@@ -37,10 +37,10 @@ def test_create_chain_stores_the_record_once_and_a_worker_joins_with_its_name(sq
     assert _record(sqlite_url) == record
 
     # What a compose or SLURM worker does: only the range and the name on its command line.
-    from hpo.chain import open_chain, parse_chain
-    from hpo.storage import open_storage
-    from hpo.study import settings_flags
-    from hpo.worker import build_parser
+    from hpo.studies.chain import open_chain, parse_chain
+    from hpo.store.storage import open_storage
+    from hpo.studies.study import settings_flags
+    from hpo.runtime.worker import build_parser
 
     args = build_parser().parse_args([*CHAIN])
     storage = open_storage(sqlite_url)

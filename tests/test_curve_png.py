@@ -6,7 +6,7 @@ import math
 
 from PIL import Image
 
-from hpo.curve_png import COLORS, HEIGHT, WIDTH, learning_curve_png
+from hpo.views.curve_png import COLORS, HEIGHT, WIDTH, learning_curve_png
 
 
 def _history(n: int) -> list[dict]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hpo.data
-from hpo.data import DATASET_NAMES, DeviceData, ImageSet, Split, load_images
+import hpo.training.data
+from hpo.training.data import DATASET_NAMES, DeviceData, ImageSet, Split, load_images
 from hpo.errors import HpoError
 
 CLASSES = ("cat", "dog", "emu")
@@ -50,13 +50,13 @@ def cache(tmp_path, monkeypatch):
 def decodes(monkeypatch):
     """Counts calls to the decoder (the slow path the cache avoids)."""
     calls = []
-    real = hpo.data._decode_tree
+    real = hpo.training.data._decode_tree
 
     def counting(source):
         calls.append(source)
         return real(source)
 
-    monkeypatch.setattr(hpo.data, "_decode_tree", counting)
+    monkeypatch.setattr(hpo.training.data, "_decode_tree", counting)
     return calls
 
 
@@ -64,7 +64,7 @@ def forbid_decoding(monkeypatch):
     def fail(source):
         raise AssertionError(f"decoded {source} although the cache should have been used")
 
-    monkeypatch.setattr(hpo.data, "_decode_tree", fail)
+    monkeypatch.setattr(hpo.training.data, "_decode_tree", fail)
 
 
 def assert_same(a: ImageSet, b: ImageSet) -> None:
@@ -116,12 +116,12 @@ def test_data_cache_changed_file_decodes_again(tmp_path, cache, decodes):
 def test_data_cache_touched_file_changes_key(tmp_path, cache, decodes):
     make_imagefolder(tmp_path / "tiny")
     name, source = f"imagefolder:{tmp_path / 'tiny'}", (tmp_path / "tiny").resolve()
-    key = hpo.data.cache_path(name, source)
+    key = hpo.training.data.cache_path(name, source)
     load_images(name)
     target = tmp_path / "tiny" / "test" / "dog" / "0.png"
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert hpo.data.cache_path(name, source) != key
+    assert hpo.training.data.cache_path(name, source) != key
     load_images(name)
     assert len(decodes) == 2
 
@@ -376,14 +376,14 @@ def test_data_torchvision_set_offline_fails_with_a_hint(name, tmp_path, monkeypa
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(HpoError, match=f"dataset '{name}' is not under .*HPO_DATA_DIR.*imagefolder"):
-        hpo.data.load_images(name)
+        hpo.training.data.load_images(name)
 
 
 def test_importing_hpo_does_no_heavy_work():
     import subprocess
     import sys
 
-    code = ("import sys, hpo, hpo.cli, hpo.worker, search_spaces; "
+    code = ("import sys, hpo, hpo.cli, hpo.runtime.worker, search_spaces; "
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -20,8 +20,9 @@ import pytest
 import sqlalchemy
 import yaml
 
-from hpo import cli, worker
-from hpo.study import SETTING_FLAGS
+from hpo import cli
+from hpo.runtime import worker
+from hpo.studies.study import SETTING_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -389,7 +390,7 @@ def test_worker_joins_what_setup_created(scenario):
 def test_setup_accepts_every_shared_chain_setting():
     """create-chain stores what the workers of a chain must agree on: every such setting that
     hpo-worker takes, create-chain takes too (same flag, same value)."""
-    from hpo.chain import SHARED
+    from hpo.studies.chain import SHARED
 
     given = {"dataset": "cifar10-sample", "train_size": "300", "val_fraction": "0.2",
              "epochs": "2", "n_trials": "3", "sampler": "random", "pruner": "none", "seed": "1",

@@ -9,10 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.reaper import Reaper
-from hpo.retries import DEATHS
-from hpo.status import status_table
-from hpo.storage import open_storage
+from hpo.runtime.reaper import Reaper
+from hpo.runtime.retries import DEATHS
+from hpo.views.status import status_table
+from hpo.store.storage import open_storage
 from tests.faults import Plan, format_ledger, run
 from tests.workers import start_worker, trials, wait_for
 

@@ -9,7 +9,8 @@ import signal
 import pytest
 import torch
 
-from hpo import cuda_check, launcher
+from hpo.training import cuda_check
+from hpo.runtime import launcher
 from hpo.errors import HpoError
 
 
@@ -117,7 +118,7 @@ def driver_tree(tmp_path, monkeypatch):
 def test_worker_that_sees_gpus_torch_cannot_use_fails_with_one_line(driver_tree, devices,
                                                                     capsys):
     # Defect: it fell back to the CPU with one INFO line; a cluster could train on CPUs unseen.
-    from hpo.worker import main
+    from hpo.runtime.worker import main
 
     code = main(["--study", "stage1_layers", "--storage", "sqlite:///never.db",
                  "--devices", devices])
@@ -147,7 +148,7 @@ def test_no_nvidia_driver_means_the_cpu_without_complaint(tmp_path, monkeypatch)
 
 
 def test_hpo_train_refuses_auto_on_unusable_gpus_too(driver_tree):
-    from hpo.train import resolve_device
+    from hpo.training.train import resolve_device
 
     with pytest.raises(HpoError, match="driver 470.256.02"):
         resolve_device("auto")

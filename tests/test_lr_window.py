@@ -9,12 +9,12 @@ import dataclasses
 import optuna
 import pytest
 
-from hpo import chain as chains
+from hpo.studies import chain as chains
 from hpo.errors import HpoError
-from hpo.lr_window import PARAM, with_lr_window
-from hpo.space import config_of, inherited_params
-from hpo.storage import open_storage
-from hpo.study import open_study
+from hpo.studies.lr_window import PARAM, with_lr_window
+from hpo.studies.space import config_of, inherited_params
+from hpo.store.storage import open_storage
+from hpo.studies.study import open_study
 from search_spaces import DEFAULTS, get_stage
 
 FROZEN = {**DEFAULTS, "lr": 0.03, "conv_batchnorm": True}
@@ -76,8 +76,8 @@ def test_a_chain_made_without_the_window_refuses_a_worker_with_it(tmp_path):
 def test_a_chain_with_the_window_searches_lr_around_what_each_stage_inherited(tmp_path):
     from optuna.trial import TrialState
 
-    from hpo import study_records
-    from hpo.chain import BASE
+    from hpo.store import study_records
+    from hpo.studies.chain import BASE
     from tests.conftest import run_cli
     from tests.workers import trials
 

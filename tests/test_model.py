@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.config import ACTIVATIONS, INITS, Config, from_dict
+from hpo.training.config import ACTIVATIONS, INITS, Config, from_dict
 from hpo.errors import HpoError
-from hpo.model import build_model, count_parameters, feature_map_sizes, penalised_weights
+from hpo.training.model import build_model, count_parameters, feature_map_sizes, penalised_weights
 
 KERNELS, STRIDES, PADDINGS, POOLS = (2, 3, 4, 5, 7), (1, 2), (0, 1, 2), ("max", "avg", "none")
 GEOMETRY = list(itertools.product((1, 2, 3, 4), KERNELS, STRIDES, PADDINGS, POOLS))

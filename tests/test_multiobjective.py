@@ -12,7 +12,7 @@ import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo import study_records
+from hpo.store import study_records
 from tests.conftest import BIN, REPO, run_cli
 from tests.workers import worker_env
 

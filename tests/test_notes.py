@@ -10,9 +10,9 @@ import optuna
 from optuna.trial import TrialState, create_trial
 from optuna_dashboard import get_note
 
-from hpo.notes import REPORTS_CHOSE, searched_keys, stage_note
-from hpo.storage import open_storage
-from hpo.study import open_study
+from hpo.views.notes import REPORTS_CHOSE, searched_keys, stage_note
+from hpo.store.storage import open_storage
+from hpo.studies.study import open_study
 from search_spaces import DEFAULTS, all_stages, get_stage
 
 
@@ -74,8 +74,8 @@ def test_searched_keys_of_every_stage_are_config_keys():
 
 def test_chain_record_shows_the_chain_in_the_dashboard(sqlite_url):
     # Defect: the chain's record study showed in optuna-dashboard as an empty MINIMIZE study.
-    from hpo import chain as chains
-    from hpo.chain_view import write_chain_note
+    from hpo.studies import chain as chains
+    from hpo.views.chain_view import write_chain_note
 
     storage = open_storage(sqlite_url)
     stages = chains.parse_chain("stage1_layers..stage2_fc")

@@ -1,16 +1,16 @@
 """What hpo relies on in Optuna beyond its public API: these fail loudly if Optuna changes it.
 
 The private uses in hpo/ (grep for ``optuna`` and ``._``):
-* hpo/storage.py: ``optuna.storages._heartbeat.BaseHeartbeat``, subclassed so that Optuna's
+* hpo/store/storage.py: ``optuna.storages._heartbeat.BaseHeartbeat``, subclassed so that Optuna's
   ``fail_stale_trials`` accepts RetryingStorage, and its abstract ``_get_stale_trial_ids``,
   overridden (what fail_stale_trials fails) and delegated to ``RDBStorage._get_stale_trial_ids``;
-* hpo/storage.py: ``optuna.storages.get_storage`` ("only for internal usage") wrapping an
+* hpo/store/storage.py: ``optuna.storages.get_storage`` ("only for internal usage") wrapping an
   RDBStorage in Optuna's trial cache (``_CachedStorage``), and that cache's ``remove_session``;
-* hpo/storage.py: ``RDBStorage.grace_period`` (an undocumented attribute);
-* hpo/reaper.py: ``optuna.storages._rdb.models`` (TrialModel, TrialHeartbeatModel columns);
-* hpo/loop.py: the text of the warning Optuna gives when ``ask`` runs with storage heartbeats;
-* hpo/tell.py: ``optuna.study._tell._tell_with_warning``, Study.tell without its re-read;
-* hpo/counts.py: ``optuna.storages._rdb.models`` (TrialModel, TrialValueModel columns).
+* hpo/store/storage.py: ``RDBStorage.grace_period`` (an undocumented attribute);
+* hpo/runtime/reaper.py: ``optuna.storages._rdb.models`` (TrialModel, TrialHeartbeatModel columns);
+* hpo/runtime/loop.py: the text of the warning Optuna gives when ``ask`` runs with storage heartbeats;
+* hpo/store/tell.py: ``optuna.study._tell._tell_with_warning``, Study.tell without its re-read;
+* hpo/studies/counts.py: ``optuna.storages._rdb.models`` (TrialModel, TrialValueModel columns).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from hpo.reaper import Reaper
-from hpo.storage import RetryingStorage, open_storage
+from hpo.runtime.reaper import Reaper
+from hpo.store.storage import RetryingStorage, open_storage
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.filterwarnings(
@@ -110,13 +110,13 @@ def test_trial_cache_wraps_and_delegates_to_the_rdb_storage(sqlite_url):
     assert isinstance(storage, RetryingStorage)
     assert optuna.storages.get_storage(storage) is storage  # not wrapped again: heartbeats show
     study = optuna.load_study(study_name="s", storage=storage)
-    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # filtered in hpo/loop.py
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # filtered in hpo/runtime/loop.py
         study.ask()
     storage.remove_session()
 
 
 def test_enqueued_parameters_wait_in_the_fixed_params_system_attribute():
-    # hpo/runner.py reads a queued trial's parameters there to avoid training a point twice.
+    # hpo/runtime/runner.py reads a queued trial's parameters there to avoid training a point twice.
     study = optuna.create_study()
     study.enqueue_trial({"x": 3})
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
@@ -125,7 +125,7 @@ def test_enqueued_parameters_wait_in_the_fixed_params_system_attribute():
 
 @pytest.mark.parametrize("told", [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
 def test_tell_without_re_read_ends_trials_as_study_tell_does(sqlite_url, told):
-    from hpo.tell import tell
+    from hpo.store.tell import tell
 
     storage = open_storage(sqlite_url)
     study = optuna.create_study(storage=storage, direction="maximize")

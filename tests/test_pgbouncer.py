@@ -145,7 +145,7 @@ def test_sixteen_workers_through_a_pool_of_ten(pgbouncer, pg_server, pg_url, tmp
         assert code == 0 and not trouble, (f"worker {pid} exited {code}:\n" + "\n".join(
             trouble or logs[pid].read_text(errors="replace").splitlines()[-15:])
             + _pooler_errors(pgbouncer))
-    # Workers started alike draw different points (hpo.seeding): none is refused as a twin.
+    # Workers started alike draw different points (hpo.studies.seeding): none is refused as a twin.
     refused = [line for log in logs.values() for line in log.read_text(errors="replace")
                .splitlines() if "not trained" in line]
     assert not refused, refused[:3]

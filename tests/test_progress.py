@@ -10,8 +10,8 @@ import subprocess
 import optuna
 import pytest
 
-from hpo.progress import Progress, _duration
-from hpo.train import EpochMetrics
+from hpo.runtime.progress import Progress, _duration
+from hpo.training.train import EpochMetrics
 from tests.conftest import BIN, REPO
 from tests.workers import worker_env
 
@@ -51,7 +51,7 @@ def study():
 
 def test_progress_on_a_terminal_rewrites_one_line(study, caplog):
     stream = FakeTTY()
-    with caplog.at_level(logging.INFO, logger="hpo.progress"):
+    with caplog.at_level(logging.INFO, logger="hpo.runtime.progress"):
         _run_two_trials(Progress(study, n_trials=3, epochs=2, stream=stream), study)
     out = stream.getvalue()
     assert "\r" in out and out.endswith("\r\033[K")
@@ -64,15 +64,15 @@ def test_progress_on_a_terminal_rewrites_one_line(study, caplog):
     assert LINE.fullmatch(live[2]).groups()[:7] == ("1", "2", "3", "1", "2", "0.3000", "0.6000")
     assert "trial 0 complete value 0.6000\n" in parts
     assert "trial 1 pruned (below the median)\n" in parts
-    assert not [r for r in caplog.records if r.name == "hpo.progress"]  # the line, not logs
+    assert not [r for r in caplog.records if r.name == "hpo.runtime.progress"]  # the line, not logs
 
 
 def test_progress_without_a_terminal_logs_plain_lines(study, caplog):
     stream = io.StringIO()
-    with caplog.at_level(logging.INFO, logger="hpo.progress"):
+    with caplog.at_level(logging.INFO, logger="hpo.runtime.progress"):
         _run_two_trials(Progress(study, n_trials=3, epochs=2, stream=stream), study)
     assert stream.getvalue() == ""
-    messages = [r.getMessage() for r in caplog.records if r.name == "hpo.progress"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "hpo.runtime.progress"]
     assert all("\r" not in m and "\033" not in m for m in messages)
     epochs = [m for m in messages if LINE.fullmatch(m)]
     assert [LINE.fullmatch(m).group(4) for m in epochs] == ["1", "2", "1"]
@@ -110,6 +110,6 @@ def test_progress_best_is_study_wide_when_the_caller_passes_it(study, caplog):
     trial = study.ask()
     study.tell(trial, 0.6)
     progress.trial_done(study.trials[-1], finished=2, study_best=0.8)
-    with caplog.at_level(logging.INFO, logger="hpo.progress"):
+    with caplog.at_level(logging.INFO, logger="hpo.runtime.progress"):
         progress.epoch(study.ask(), _metrics(1, 0.5))
     assert LINE.search(caplog.text).group(7) == "0.8000"

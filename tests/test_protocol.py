@@ -14,7 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import protocol, study_records
+from hpo.studies import protocol
+from hpo.store import study_records
 from hpo.errors import HpoError
 from tests.conftest import BIN, REPO, run_cli
 from tests.workers import trials, wait_for

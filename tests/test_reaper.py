@@ -10,10 +10,10 @@ import pytest
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.heartbeat import Heartbeat
-from hpo.reaper import Reaper
-from hpo.status import status_table
-from hpo.storage import MAX_BACKOFF, DatabaseUnavailable, open_storage
+from hpo.runtime.heartbeat import Heartbeat
+from hpo.runtime.reaper import Reaper
+from hpo.views.status import status_table
+from hpo.store.storage import MAX_BACKOFF, DatabaseUnavailable, open_storage
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.filterwarnings(
@@ -166,7 +166,7 @@ def _failed_trial(study: optuna.Study, **attrs) -> optuna.trial.FrozenTrial:
 @pytest.mark.parametrize("died_before, queued", [(0, True), (2, True), (3, False)])
 def test_a_stale_trial_is_queued_again_until_its_worker_died_more_than_max_retries(
         sqlite_url, died_before, queued):
-    from hpo.retries import DEATHS, MAX_RETRIES, RetryStale, left_failed
+    from hpo.runtime.retries import DEATHS, MAX_RETRIES, RetryStale, left_failed
 
     assert MAX_RETRIES == 3  # the documented default of --max-retries
     storage = open_storage(sqlite_url)
@@ -197,7 +197,7 @@ def test_a_stale_trial_is_queued_again_until_its_worker_died_more_than_max_retri
 
 
 def test_a_warm_start_whose_worker_died_past_the_limit_is_queued_again(sqlite_url):
-    from hpo.retries import DEATHS, RetryStale
+    from hpo.runtime.retries import DEATHS, RetryStale
 
     storage = open_storage(sqlite_url)
     study = optuna.create_study(study_name="warm", storage=storage)
@@ -214,7 +214,7 @@ def test_a_warm_start_whose_worker_died_past_the_limit_is_queued_again(sqlite_ur
 
 
 def test_a_worker_alive_after_its_trial_was_reaped_takes_the_death_back(sqlite_url):
-    from hpo.retries import DEATHS, REAPED_ALIVE, RetryStale, alive_after_reap, left_failed
+    from hpo.runtime.retries import DEATHS, REAPED_ALIVE, RetryStale, alive_after_reap, left_failed
 
     storage = open_storage(sqlite_url, heartbeat=1, grace=1)
     study = optuna.create_study(study_name="alive", storage=storage)
@@ -260,7 +260,7 @@ def test_heartbeat_notices_its_trial_failed_by_another_workers_check_and_not_its
         wait_for(heartbeat.lost.is_set, 30, "the heartbeat to notice its trial was failed")
         heartbeat.track(ids[1])  # the next trial: not lost
         assert not heartbeat.lost.is_set()
-        heartbeat.track(None)  # the worker tells its own end untracked (hpo.loop)
+        heartbeat.track(None)  # the worker tells its own end untracked (hpo.runtime.loop)
         storage.set_trial_state_values(ids[1], TrialState.FAIL)
         time.sleep(0)  # nothing to wait for: an untracked trial is never read
         assert not heartbeat.lost.is_set()

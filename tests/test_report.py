@@ -12,8 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from hpo.errors import HpoError
-from hpo.plots import pareto_front, plot_learning_curve
-from hpo.report import write_report
+from hpo.views.plots import pareto_front, plot_learning_curve
+from hpo.views.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DISTRIBUTIONS = {

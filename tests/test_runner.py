@@ -13,13 +13,13 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from hpo.config import from_dict
-from hpo.artifacts import ArtifactPublisher
-from hpo.checkpoints import CheckpointStore
-from hpo.loop import told_state
-from hpo.objectives import parse_objectives
-from hpo.runner import TrialRunner, TrialSpec
-from hpo.study import Settings, make_pruner
+from hpo.training.config import from_dict
+from hpo.store.artifacts import ArtifactPublisher
+from hpo.training.checkpoints import CheckpointStore
+from hpo.runtime.loop import told_state
+from hpo.studies.objectives import parse_objectives
+from hpo.runtime.runner import TrialRunner, TrialSpec
+from hpo.studies.study import Settings, make_pruner
 from search_spaces import DEFAULTS, Stage, get_stage
 
 # One conv layer of 8 filters and a 32-wide head: learns above chance in one epoch on 600 images.
@@ -218,8 +218,8 @@ def test_runner_multi_objective_diverged_trial_is_pruned_and_counted(small_data,
 def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store, monkeypatch):
     # Defect 11: the value was the best epoch's accuracy while the published weights (and what
     # hpo train re-creates) were the last epoch's.
-    import hpo.runner
-    from hpo.train import EpochMetrics, FitResult
+    import hpo.runtime.runner
+    from hpo.training.train import EpochMetrics, FitResult
 
     def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None,
                              between_batches=None, on_model=None):
@@ -228,7 +228,7 @@ def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store
         model = torch.nn.Linear(1, 1)
         return FitResult("completed", "", history, 2, 0.2, model)
 
-    monkeypatch.setattr(hpo.runner, "fit", fit_that_peaks_early)
+    monkeypatch.setattr(hpo.runtime.runner, "fit", fit_that_peaks_early)
     study = _study()
     study.enqueue_trial({"lr": 0.02})
     _objective(small_data, store)(study, 1)
@@ -300,7 +300,7 @@ def test_two_fresh_twins_never_both_train_whichever_checks_second():
     # Defect: a trial gave way only to an earlier twin. Two workers drew one point; the later
     # trial checked while the earlier had not yet written its parameters and passed, then the
     # earlier checked and, its twin being later, passed too: both trained one configuration.
-    from hpo.runner import _already_trained
+    from hpo.runtime.runner import _already_trained
 
     study = _study()
     study.sampler = optuna.samplers.PartialFixedSampler({"lr": 0.02}, study.sampler)
@@ -313,7 +313,7 @@ def test_two_fresh_twins_never_both_train_whichever_checks_second():
 
 
 def test_a_queued_trial_keeps_its_slot_against_later_twins_and_its_own_original():
-    from hpo.runner import _already_trained
+    from hpo.runtime.runner import _already_trained
 
     study = _study()
     study.enqueue_trial({"lr": 0.5}, skip_if_exists=False)
@@ -347,7 +347,7 @@ def test_runner_out_of_memory_frees_the_model_before_emptying_the_cache(small_da
     import types
     import weakref
 
-    import hpo.runner
+    import hpo.runtime.runner
 
     class Activations:
         pass
@@ -360,7 +360,7 @@ def test_runner_out_of_memory_frees_the_model_before_emptying_the_cache(small_da
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     alive_when_emptied = []
-    monkeypatch.setattr(hpo.runner, "fit", fit_that_runs_out)
+    monkeypatch.setattr(hpo.runtime.runner, "fit", fit_that_runs_out)
     monkeypatch.setattr(torch.cuda, "empty_cache",
                         lambda: alive_when_emptied.append(held[0]() is not None))
     gpu_data = types.SimpleNamespace(device=torch.device("cuda", 0),

@@ -1,12 +1,12 @@
 """Seeded samplers draw per trial: workers started alike propose different points, and a run of
-one worker is reproducible (hpo.seeding)."""
+one worker is reproducible (hpo.studies.seeding)."""
 
 from __future__ import annotations
 
 import optuna
 import pytest
 
-from hpo.study import Settings, make_sampler
+from hpo.studies.study import Settings, make_sampler
 from search_spaces import DEFAULTS, get_stage
 
 SAMPLERS = ["tpe", "random", "gp", "cmaes"]

@@ -1,13 +1,13 @@
-"""The search-space walk (hpo/space.py) and the untried-point sampler (hpo/untried.py)."""
+"""The search-space walk (hpo/studies/space.py) and the untried-point sampler (hpo/studies/untried.py)."""
 
 from __future__ import annotations
 
 import optuna
 import pytest
 
-from hpo.geometry import is_possible
-from hpo.space import grid_configs, inherited_params, points, possible_points
-from hpo.untried import UntriedPoints
+from hpo.training.geometry import is_possible
+from hpo.studies.space import grid_configs, inherited_params, points, possible_points
+from hpo.studies.untried import UntriedPoints
 from search_spaces import DEFAULTS, all_stages, get_stage
 
 BASES = {

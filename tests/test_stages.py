@@ -17,9 +17,9 @@ from optuna.samplers import GridSampler, RandomSampler
 from optuna.trial import FixedTrial
 
 import search_spaces
-from hpo.config import from_dict
+from hpo.training.config import from_dict
 from hpo.errors import HpoError
-from hpo.model import build_model, feature_map_sizes
+from hpo.training.model import build_model, feature_map_sizes
 from search_spaces import DEFAULTS, Stage, all_stages, get_stage
 from tests.conftest import run_cli
 
@@ -236,8 +236,8 @@ def test_cli_stages_lists_every_stage_and_user_stages(tmp_path):
 
 
 class _RecordingSession:
-    """Stands in for the worker's session under hpo.worker.run_chain: each stage study it is
-    asked to run is set up with hpo.study.new_settings exactly as open_study would create it
+    """Stands in for the worker's session under hpo.runtime.worker.run_chain: each stage study it is
+    asked to run is set up with hpo.studies.study.new_settings exactly as open_study would create it
     (from the chain's base, on 32-pixel images), and nothing is trained."""
 
     def __init__(self, storage, chain_name: str):
@@ -251,8 +251,8 @@ class _RecordingSession:
 
     def run_study(self, study_name, space, flags, after, from_file, freeze_best_so_far=False,
                   default_n_trials=None, chain_base=False, base=None):
-        from hpo.chain import BASE
-        from hpo.study import new_settings
+        from hpo.studies.chain import BASE
+        from hpo.studies.study import new_settings
 
         settings, _ = new_settings(get_stage(space), flags, BASE, default_n_trials, image_size=32)
         self.ran[space] = f"{settings.n_trials} x {settings.epochs}" + (
@@ -262,10 +262,10 @@ class _RecordingSession:
 def test_stages_table_shows_what_the_chain_runs_and_what_a_single_study_runs(tmp_path):
     # Defect: `hpo stages` printed each stage's own defaults (30/20/12/30/30/4/20/20 trials,
     # 10 or 15 epochs) while the chain ran 20/17/12/20/20/4/12/20 trials at 10 epochs.
-    from hpo.chain import parse_chain
-    from hpo.storage import open_storage
-    from hpo.study import new_settings
-    from hpo.worker import run_chain
+    from hpo.studies.chain import parse_chain
+    from hpo.store.storage import open_storage
+    from hpo.studies.study import new_settings
+    from hpo.runtime.worker import run_chain
 
     rows = _stages_rows(run_cli("hpo", "stages", check=True).stdout)
     session = _RecordingSession(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), "c")
@@ -283,7 +283,7 @@ def test_grid_workers_with_different_sampler_seeds_share_one_grid_order(tmp_path
     # Each worker process seeds its sampler with the study seed plus its slot. Optuna's grid
     # sampler shuffles its grid by its seed and names points by index, so two workers read one
     # grid index as two different points: points trained twice, others never.
-    from hpo.study import Settings, make_sampler
+    from hpo.studies.study import Settings, make_sampler
 
     stage = get_stage("stage1_layers")
     storage = f"sqlite:///{tmp_path / 'grid.db'}"

@@ -12,12 +12,12 @@ import threading
 import pytest
 import torch
 
-import hpo.train
-from hpo.config import OPTIMIZERS, SCHEDULERS, from_dict
-from hpo.data import DeviceData
+import hpo.training.train
+from hpo.training.config import OPTIMIZERS, SCHEDULERS, from_dict
+from hpo.training.data import DeviceData
 from hpo.errors import HpoError
-from hpo.model import build_model, count_parameters, penalised_weights
-from hpo.train import (MATMUL_PRECISIONS, READY_KEY, Interrupted, configure_backend, evaluate,
+from hpo.training.model import build_model, count_parameters, penalised_weights
+from hpo.training.train import (MATMUL_PRECISIONS, READY_KEY, Interrupted, configure_backend, evaluate,
                        fit, host_copy, make_optimizer, make_scheduler, resolve_device, restore,
                        snapshot)
 
@@ -172,7 +172,7 @@ def test_train_weight_decay_shrinks_weights(tiny_data):
 def fake_evaluate(monkeypatch, accuracies):
     """Validation accuracies in this order, whatever the model does."""
     values = iter(accuracies)
-    monkeypatch.setattr(hpo.train, "evaluate", lambda *a, **k: (1.0, next(values, accuracies[-1])))
+    monkeypatch.setattr(hpo.training.train, "evaluate", lambda *a, **k: (1.0, next(values, accuracies[-1])))
 
 
 def test_train_early_stopping(tiny_data, monkeypatch):
@@ -481,7 +481,7 @@ def test_train_highest_precision_turns_tf32_off_in_convolutions_too(backend_sett
                                                                    conv_precision):
     # Defect: "highest" set only the matmul precision; cuDNN convolutions (most of the work)
     # still ran in TF32, PyTorch's default for them.
-    from hpo.train import conv_tf32_allowed
+    from hpo.training.train import conv_tf32_allowed
 
     configure_backend(torch.device("cuda", 0), "high")
     assert conv_tf32_allowed()  # TF32: asked for explicitly
@@ -511,7 +511,7 @@ def test_train_bf16_keeps_weights_optimizer_state_norm_stats_and_loss_in_float32
     def on_epoch(m, checkpoint):
         seen["state"] = checkpoint()
 
-    import hpo.train as train_module
+    import hpo.training.train as train_module
 
     real_build = train_module.build_model
 
@@ -552,8 +552,8 @@ def test_train_warm_up_is_not_charged_to_the_first_epoch(tiny_data, monkeypatch)
     # Defect: the time objective's first epoch included cuDNN's autotuning of each new shape.
     import types
 
-    import hpo.train as train_module
-    import hpo.warmup as warmup_module
+    import hpo.training.train as train_module
+    import hpo.training.warmup as warmup_module
 
     clock = [0.0]
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
@@ -580,6 +580,6 @@ def test_train_warm_up_is_not_charged_to_the_first_epoch(tiny_data, monkeypatch)
     (100, 32, 2, [32, 4]), (97, 32, 2, [32]), (96, 32, 2, [32]), (20, 32, 2, [20]),
     (1000, 1000, 1, [1000]), (2500, 1000, 1, [1000, 500]), (0, 32, 1, [])])
 def test_warm_up_batch_sizes(n, batch, least, expected):
-    from hpo.warmup import batch_sizes
+    from hpo.training.warmup import batch_sizes
 
     assert batch_sizes(n, batch, least) == expected

@@ -13,9 +13,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpo import study_records
-from hpo.storage import open_storage
-from hpo.study import open_study
+from hpo.store import study_records
+from hpo.store.storage import open_storage
+from hpo.studies.study import open_study
 from search_spaces import DEFAULTS
 from tests.conftest import BIN, REPO, run_cli
 

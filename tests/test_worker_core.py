@@ -10,15 +10,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import study_records
-from hpo.budget import stored_budget, tally
+from hpo.store import study_records
+from hpo.studies.budget import stored_budget, tally
 from hpo.errors import HpoError
-from hpo.heartbeat import Heartbeat
-from hpo.loop import WorkerLoop
-from hpo.reaper import Reaper
-from hpo.runner import Ending, Outcome
-from hpo.storage import open_storage
-from hpo.study import CREATED_BY, open_study, update_budget
+from hpo.runtime.heartbeat import Heartbeat
+from hpo.runtime.loop import WorkerLoop
+from hpo.runtime.reaper import Reaper
+from hpo.runtime.runner import Ending, Outcome
+from hpo.store.storage import open_storage
+from hpo.studies.study import CREATED_BY, open_study, update_budget
 from tests.workers import wait_for
 
 FLAGS = {"dataset": None, "epochs": 1, "train_size": None, "val_fraction": None, "seed": None,
@@ -176,7 +176,7 @@ def test_a_set_up_study_says_who_made_it_not_that_set_up_is_under_way(sqlite_url
 
 def test_precision_is_a_study_setting_and_exported(sqlite_url, tiny_stages):
     # Defect 12: --bf16 was per worker, recorded nowhere; hpo train could not reproduce it.
-    from hpo.export import trial_document
+    from hpo.views.export import trial_document
 
     storage, study, settings = _open(sqlite_url, n_trials=1, precision="bf16",
                                      matmul_precision="high", deterministic=True)
@@ -202,7 +202,7 @@ def test_precision_is_a_study_setting_and_exported(sqlite_url, tiny_stages):
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_is_decided_once_at_creation_and_stored_concrete(
         sqlite_url, tiny_stages, monkeypatch, native):
-    from hpo import precision
+    from hpo.training import precision
 
     asked = []
 
@@ -224,7 +224,7 @@ def test_precision_auto_is_decided_once_at_creation_and_stored_concrete(
                                               ({}, "fp32")])
 def test_a_study_from_before_precision_keeps_what_it_ran(sqlite_url, tiny_stages, stored,
                                                          expected):
-    from hpo.export import trial_document
+    from hpo.views.export import trial_document
 
     storage, study, _ = _open(sqlite_url, precision="fp32")
     settings = dict(study_records.read(storage, "s")["settings"])
@@ -265,14 +265,14 @@ def _predecessor_with_a_running_trial(url):
 def test_stage_waits_for_its_predecessors_running_trials(sqlite_url, tiny_stages, monkeypatch,
                                                          caplog):
     # A stage started while its predecessor still ran used to freeze the best so far, silently.
-    import hpo.study
+    import hpo.studies.study
 
-    monkeypatch.setattr(hpo.study, "PREDECESSOR_POLL", 0.1)
+    monkeypatch.setattr(hpo.studies.study, "PREDECESSOR_POLL", 0.1)
     storage, pre, running = _predecessor_with_a_running_trial(sqlite_url)
     result = {}
     opener = threading.Thread(target=lambda: result.update(
         opened=open_study(storage, "next", "tiny", FLAGS, after="pre")))
-    with caplog.at_level("WARNING", logger="hpo.study"):
+    with caplog.at_level("WARNING", logger="hpo.studies.study"):
         opener.start()
         wait_for(lambda: any("waiting for 'pre' to finish" in r.getMessage()
                              for r in caplog.records), 30, "the stage to say it waits")
@@ -286,7 +286,7 @@ def test_stage_waits_for_its_predecessors_running_trials(sqlite_url, tiny_stages
 
 def test_freeze_best_so_far_freezes_now_and_says_so(sqlite_url, tiny_stages, caplog):
     storage, pre, running = _predecessor_with_a_running_trial(sqlite_url)
-    with caplog.at_level("WARNING", logger="hpo.study"):
+    with caplog.at_level("WARNING", logger="hpo.studies.study"):
         frozen = open_study(storage, "next", "tiny", FLAGS, after="pre", freeze_best_so_far=True)[3]
     assert frozen == {"lr": 0.03}
     assert any("--freeze-best-so-far" in r.getMessage() for r in caplog.records)
@@ -294,9 +294,9 @@ def test_freeze_best_so_far_freezes_now_and_says_so(sqlite_url, tiny_stages, cap
 
 @pytest.mark.parametrize("url_fixture", ["sqlite_url", "pg_url"])
 def test_count_query_agrees_with_optunas_trial_list(url_fixture, request):
-    # The loop counts trials with two queries on Optuna's schema (hpo/counts.py); this fails if
+    # The loop counts trials with two queries on Optuna's schema (hpo/studies/counts.py); this fails if
     # Optuna's models change under it or the two ever disagree.
-    from hpo.counts import count_trials
+    from hpo.studies.counts import count_trials
 
     url = request.getfixturevalue(url_fixture)
     storage = open_storage(url)

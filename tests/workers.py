@@ -64,8 +64,8 @@ def populate_stage1_study(url: str, study: str) -> None:
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    from hpo.storage import open_storage
-    from hpo.study import open_study
+    from hpo.store.storage import open_storage
+    from hpo.studies.study import open_study
 
     storage = open_storage(url)
     created, _, _, frozen = open_study(storage, study, "stage1_layers",

@@ -1,0 +1,324 @@
+"""Tuning by hand, replayed: ``hpo-worker --protocol FILE`` runs a list of sweeps as coordinate
+descent, the way the course reports tuned (``../shared/HAND_PROTOCOL.md``).
+
+A protocol is data: a JSON file with a starting configuration and an ordered list of sweeps,
+each a small grid of knobs (``hpo.studies.protocol_knobs``). Sweep ``i`` of protocol ``P`` is the study
+``P.<ii>_<sweep>``: every point of its grid applied to the best so far (the best validation
+accuracy of every earlier sweep, ties to the earlier run), minus any configuration already
+trained by an earlier sweep (the best so far among them: a person re-uses a result they have).
+All its runs are queued when the study is set up and trained to their full epochs, no pruning,
+by the ordinary worker loop, so any number of workers share a sweep, a killed worker's run is
+re-queued by the reaper, and starting the same command again goes on where it stopped. A sweep
+starts once the one before has finished (nothing running or queued). No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.studies import protocol_knobs
+from hpo.store import study_records
+from hpo.training.config import from_dict, load_json
+from hpo.errors import HpoError
+from search_spaces import DEFAULTS, Stage
+
+log = logging.getLogger("hpo.studies.protocol")
+
+SHIPPED = Path(__file__).parent / "protocols"
+EPOCHS = 10  # per run, unless the file or --epochs says otherwise (the chain's default)
+# What every worker of one protocol must agree on (hpo.studies.study.Settings fields).
+SHARED = ("dataset", "train_size", "val_fraction", "epochs", "seed", "objectives", "precision",
+          "matmul_precision", "deterministic")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    knobs: dict[str, list[Any]]  # in the file's order; the runs are their product
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    name: str  # the file's stem: the default name of its studies
+    source: str
+    start: dict[str, Any]
+    sweeps: list[Sweep]
+    epochs: int
+
+    def record(self) -> dict[str, Any]:
+        return {"start": self.start, "epochs": self.epochs,
+                "sweeps": [{"name": s.name, "knobs": s.knobs} for s in self.sweeps]}
+
+
+def shipped() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.json"))
+
+
+def load(spec: str) -> Protocol:
+    """A protocol from a JSON file, or one shipped with hpo by name (``reports``); every knob
+    and value is checked now, and the first bad one is named in a one-line HpoError."""
+    path = Path(spec)
+    if not path.exists() and _NAME.fullmatch(spec) and (SHIPPED / f"{spec}.json").exists():
+        path = SHIPPED / f"{spec}.json"
+    elif not path.exists():
+        raise HpoError(f"--protocol {spec!r}: no such file; shipped protocols: "
+                       f"{', '.join(shipped())}")
+    return parse(load_json(path), str(path))
+
+
+def parse(doc: Any, source: str) -> Protocol:
+    def bad(where: str, what: str) -> HpoError:
+        return HpoError(f"protocol {source}: {where}{what}")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("sweeps"), list) or not doc["sweeps"]:
+        raise bad("", "expected an object with a non-empty list \"sweeps\"")
+    unknown = sorted(set(doc) - {"description", "start", "epochs", "sweeps"})
+    if unknown:
+        raise bad("", f"unknown key {unknown[0]!r}; allowed: description, start, epochs, sweeps")
+    epochs = doc.get("epochs", EPOCHS)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise bad("", f"epochs {epochs!r} is invalid; allowed: an integer >= 1")
+    start_fields = doc.get("start", {})
+    if not isinstance(start_fields, dict):
+        raise bad("", "\"start\" must be an object of config fields")
+    try:
+        start = from_dict({**DEFAULTS, **start_fields, "epochs": epochs}).to_dict()
+    except HpoError as e:
+        raise bad("start: ", str(e)) from None
+    sweeps, names = [], set()
+    for i, entry in enumerate(doc["sweeps"], 1):
+        if not isinstance(entry, dict) or set(entry) - {"name", "knobs"}:
+            raise bad(f"sweep {i}: ", "expected an object with \"name\" and \"knobs\"")
+        name, knobs = entry.get("name"), entry.get("knobs")
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in names:
+            raise bad(f"sweep {i}: ", f"name {name!r} is invalid; allowed: a new name of "
+                                      "letters, digits, '_' and '-'")
+        names.add(name)
+        where = f"sweep {i} ({name}): "
+        if not isinstance(knobs, dict) or not knobs:
+            raise bad(where, "\"knobs\" must be an object of knob: [values]")
+        for knob, values in knobs.items():
+            if not isinstance(values, list) or not values:
+                raise bad(where, f"knob {knob!r} needs a non-empty list of values")
+            for value in values:
+                try:
+                    from_dict(protocol_knobs.apply(start, knob, value))
+                except HpoError as e:
+                    raise bad(where, str(e) if knob in str(e) else f"knob {knob!r} value "
+                                                                   f"{value!r}: {e}") from None
+        sweeps.append(Sweep(name, dict(knobs)))
+    return Protocol(Path(source).stem, source, start, sweeps, epochs)
+
+
+def study_name(name: str, index: int, sweep: Sweep) -> str:
+    return f"{name}.{index + 1:02d}_{sweep.name}"
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    ignore = ("epochs", "seed")  # the run's settings: one value for every run of a protocol
+    return {k: v for k, v in a.items() if k not in ignore} == \
+        {k: v for k, v in b.items() if k not in ignore}
+
+
+def runs(sweep: Sweep, incumbent: dict[str, Any], measured: bool,
+         trained: list[dict[str, Any]], image_size: int) -> list[tuple[str, dict[str, Any]]]:
+    """The sweep's new runs from the best so far, as (label, knob values): every point of its
+    grid, less those that train a configuration already trained (the best so far included,
+    once ``measured``), twins within the sweep, and networks the images cannot carry."""
+    from hpo.training.geometry import is_possible
+
+    known = list(trained) + ([incumbent] if measured else [])
+    chosen = []
+    for values in itertools.product(*sweep.knobs.values()):
+        knobs = dict(zip(sweep.knobs, values))
+        config = turn(incumbent, knobs)
+        try:
+            from_dict(config)
+        except HpoError as e:
+            log.warning("%s: %s is left out: %s", sweep.name, protocol_knobs.label(knobs), e)
+            continue
+        if not is_possible(config, image_size):
+            log.warning("%s: %s is left out: its feature maps shrink below 1x1 on %dx%d images",
+                        sweep.name, protocol_knobs.label(knobs), image_size, image_size)
+            continue
+        if any(_same(config, other) for other in known):
+            continue
+        known.append(config)
+        chosen.append((protocol_knobs.label(knobs), knobs))
+    return chosen
+
+
+def turn(config: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
+    for knob, value in knobs.items():
+        config = protocol_knobs.apply(config, knob, value)
+    return config
+
+
+def sweep_stage(name: str, sweep: Sweep, chosen: list[tuple[str, dict[str, Any]]],
+                epochs: int) -> Stage:
+    """The sweep as a stage: one categorical parameter ``run`` naming each new run."""
+    by_label = dict(chosen)
+
+    def suggest(trial, frozen):
+        return turn(frozen, by_label[trial.suggest_categorical("run", list(by_label))])
+
+    return Stage(name=name, builds_on=None,
+                 description=f"protocol sweep {sweep.name}: " + ", ".join(sweep.knobs),
+                 n_trials=len(chosen), epochs=epochs, suggest=suggest,
+                 grid=lambda frozen: {"run": list(by_label)})
+
+
+def best_so_far(storage, names: list[str]) -> tuple[str, optuna.trial.FrozenTrial] | None:
+    """(study, trial): the best finished run of these studies (on ties the earlier study, then
+    the earlier trial), or None."""
+    from hpo.studies.study import best_complete_trial
+
+    best = None
+    for name in names:
+        trial = best_complete_trial(optuna.load_study(study_name=name, storage=storage))
+        if trial is not None and (best is None or trial.values[0] > best[1].values[0]):
+            best = (name, trial)
+    return best
+
+
+def trained_configs(storage, names: list[str]) -> list[dict[str, Any]]:
+    S = optuna.trial.TrialState
+    return [t.user_attrs["config"] for name in names
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+                deepcopy=False, states=(S.COMPLETE, S.PRUNED)) if "config" in t.user_attrs]
+
+
+def wait_until_finished(storage, name: str) -> None:
+    """A sweep freezes the final best of those before it: wait for the last one's set-up, then
+    for its runs (running or queued, a killed worker's retry included)."""
+    import time
+
+    from hpo.studies.study import SETUP_WAIT, wait_for_predecessor
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    start = time.monotonic()
+    while "stage" not in study.user_attrs:
+        if time.monotonic() - start > SETUP_WAIT:
+            raise HpoError(f"study {name!r} exists but its set-up never finished")
+        time.sleep(0.5)
+    wait_for_predecessor(study, name, freeze_best_so_far=False)
+
+
+def open_record(storage, name: str, protocol: Protocol, flags: dict[str, Any],
+                device=None) -> dict[str, Any]:
+    """Create the protocol's record (the study ``name``, no trials) or join it; a worker whose
+    sweeps or settings differ is refused by name. The creator decides ``--precision auto`` for
+    its ``device``, once, for every sweep."""
+    from hpo.training.precision import resolve
+
+    wanted = {"protocol": protocol.record(),
+              **{k: flags.get(k) for k in SHARED}}
+    if wanted["epochs"] is None:
+        wanted["epochs"] = protocol.epochs
+    try:
+        record = optuna.create_study(study_name=name, storage=storage)
+    except optuna.exceptions.DuplicatedStudyError:
+        record = optuna.load_study(study_name=name, storage=storage)
+    else:
+        wanted["precision"] = resolve(wanted["precision"], device)[0]
+        record.set_user_attr("description", f"protocol {protocol.source}: its sweeps; each is "
+                                            f"the study {name}.<nn>_<sweep>")
+        study_records.write(storage, name, "protocol", wanted)
+        record.set_user_attr("protocol_marker", protocol.source)  # last: joiners wait for it
+        return wanted
+    stored = _wait_for_record(storage, name)
+    if stored["protocol"] != wanted["protocol"]:
+        raise HpoError(f"protocol {name!r} was created from other sweeps than {protocol.source} "
+                       "(use the same file, or another --chain-name)")
+    for key in SHARED:
+        if wanted[key] not in (None, "auto") and key in flags and flags[key] is not None \
+                and stored.get(key) != wanted[key]:
+            raise HpoError(f"protocol {name!r} was created with --{key.replace('_', '-')} "
+                           f"{stored.get(key)!r}; got {wanted[key]!r} (use the same flags, or "
+                           "another --chain-name)")
+    return stored
+
+
+def _wait_for_record(storage, name: str) -> dict[str, Any]:
+    import time
+
+    start = time.monotonic()
+    while True:
+        attrs = study_records.read(storage, name)
+        if isinstance(attrs.get("protocol"), dict):
+            return attrs["protocol"]
+        if "stage" in attrs or "chain" in attrs or time.monotonic() - start > 60:
+            raise HpoError(f"study {name!r} exists and is not a protocol; choose another "
+                           "--chain-name")
+        time.sleep(0.5)
+
+
+def run_protocol(session, protocol: Protocol, name: str, from_file: str | None = None) -> None:
+    """Each sweep in turn, from the best so far, through the ordinary worker loop."""
+    from hpo.training.config import config_from_document
+    from hpo.training.data import image_size
+    from hpo.studies.study import settings_flags
+
+    storage = session.storage
+    record = open_record(storage, name, protocol, settings_flags(session.args), session.device)
+    flags = {k: record[k] for k in SHARED}
+    flags.update(pruner="none", sampler="tpe", n_trials=None)  # every run to its full epochs
+    start = dict(protocol.start)
+    if from_file:  # --from: the file's network instead of the protocol's start
+        start = config_from_document(load_json(from_file), from_file).to_dict()
+    start["epochs"] = flags["epochs"]
+    size = image_size(flags["dataset"] or "cifar10-sample")
+    before: list[str] = []
+    for i, sweep in enumerate(protocol.sweeps):
+        study = study_name(name, i, sweep)
+        if before:
+            wait_until_finished(storage, before[-1])
+        best = best_so_far(storage, before)
+        incumbent = dict(best[1].user_attrs["config"]) if best is not None else dict(start)
+        chosen = runs(sweep, incumbent, best is not None, trained_configs(storage, before), size)
+        if not chosen:
+            log.info("protocol %r: sweep %d (%s) has no new run: every point was trained "
+                     "already", name, i + 1, sweep.name)
+            continue
+        origin = ({"study": best[0], "trial": best[1].number,
+                   "value": best[1].values[0]} if best is not None else
+                  {"defaults": True, "base": "protocol", "source": protocol.source,
+                   "reason": "its first sweep"})
+        log.info("protocol %r: sweep %d of %d, %s (%d runs)", name, i + 1, len(protocol.sweeps),
+                 study, len(chosen))
+        stage = sweep_stage(f"{name}.{sweep.name}", sweep, chosen, flags["epochs"])
+        session.run_study(study, stage, dict(flags), None, None,
+                          default_n_trials=len(chosen), base=(incumbent, origin))
+        if session.stop.is_set() or session.out_of_time():
+            log.info("protocol %r: stopped in %s; start the same command again to go on", name,
+                     study)
+            return
+        before.append(study)
+    best = best_so_far(storage, before)
+    if best is not None:
+        log.info("protocol %r finished: best %.4f (%s trial %d); export it with: hpo export "
+                 "--study %s", name, best[1].values[0], best[0], best[1].number, best[0])
+
+
+def check_flags(args, parser) -> None:
+    """``hpo-worker --protocol``: flags that do not apply are refused, and the file is read and
+    checked before any worker starts (one line naming the first bad knob or value, exit 2)."""
+    for flag, given in (("--sampler", args.sampler), ("--pruner", args.pruner),
+                        ("--n-trials", args.n_trials), ("--space", args.space),
+                        ("--after", args.after), ("--freeze-best-so-far",
+                                                  args.freeze_best_so_far or None)):
+        if given is not None:
+            parser.error(f"{flag} does not apply to --protocol: every run of its sweeps is "
+                         "queued and trained to its full epochs, no pruning")
+    try:
+        load(args.protocol)
+    except HpoError as e:
+        parser.error(str(e))
