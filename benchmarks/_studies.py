@@ -69,13 +69,14 @@ def create_study(url: str, study: str, space: str, settings: dict[str, Any],
                  after: str | None = None) -> dict[str, Any]:
     """Create the study with its settings (val_fraction included); returns where it froze from."""
     from hpo.store.storage import open_storage
-    from hpo.studies.study import SETTING_FLAGS, open_study
+    from hpo.studies.settings import SETTING_FLAGS
+    from hpo.studies.study import StudyRequest, open_study
 
     # Only study settings: open_study builds Settings from them, and "device" is a worker's flag
     flags = {k: v for k, v in settings.items() if k in SETTING_FLAGS}
     storage = open_storage(url)
     try:
-        created, _, _, _ = open_study(storage, study, space, flags, after=after)
+        created, _, _, _ = open_study(storage, StudyRequest(study, space, flags, after=after))
         return created.user_attrs.get("frozen_from", {})
     finally:
         storage.dispose()

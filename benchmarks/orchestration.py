@@ -198,13 +198,14 @@ def _create_study(variant: str, url: str, artifacts: str, heartbeat: int) -> Non
         optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
         return
     from hpo.store.storage import open_storage
-    from hpo.studies.study import open_study, settings_flags
+    from hpo.studies.settings import flags_from
+    from hpo.studies.study import StudyRequest, open_study
 
     # The budget is stored in the study: the workers' --n-trials must agree with it
     args = _worker_args(url, artifacts, ["--n-trials", str(10 ** 9)])
     storage = open_storage(url, heartbeat=heartbeat, grace=args.grace)
     try:
-        open_study(storage, STUDY, args.space, settings_flags(args))
+        open_study(storage, StudyRequest(STUDY, args.space, flags_from(args)))
     finally:
         storage.dispose()
 
@@ -378,7 +379,7 @@ def instrument(timers: Timers) -> None:
         return storage
 
     hpo.store.storage.open_storage = open_storage
-    original_sampler, original_pruner = hpo.studies.study.make_sampler, hpo.studies.study.make_pruner
+    original_sampler, original_pruner = hpo.studies.samplers.make_sampler, hpo.studies.samplers.make_pruner
 
     def make_sampler(*args, **kwargs):
         sampler = original_sampler(*args, **kwargs)
@@ -392,7 +393,7 @@ def instrument(timers: Timers) -> None:
         pruner.prune = w("pruner.prune", pruner.prune)
         return pruner
 
-    hpo.studies.study.make_sampler, hpo.studies.study.make_pruner = make_sampler, make_pruner
+    hpo.studies.samplers.make_sampler, hpo.studies.samplers.make_pruner = make_sampler, make_pruner
     original_fit = hpo.runtime.runner.fit
 
     def fit(config, data, on_epoch=None, *args, **kwargs):

@@ -4,7 +4,7 @@ Variants, each on its own study in one scratch database, all with the same histo
 
 - ``ours``: ``hpo.store.storage.open_storage`` (heartbeat on, as workers open it, so ``ask`` also
   records the heartbeat of the trial it claims) and the sampler of
-  ``hpo.studies.study.make_sampler`` for a tpe Settings (TPESampler(constant_liar=True, multivariate=True));
+  ``hpo.studies.samplers.make_sampler`` for a tpe Settings (TPESampler(constant_liar=True, multivariate=True));
 - ``plain``: ``optuna.storages.RDBStorage(url)`` and ``TPESampler()``;
 - ``ours-univariate``: ours' storage, TPESampler(constant_liar=True), to attribute the cost of
   multivariate TPE.
@@ -126,7 +126,8 @@ def open_variant(variant: str, url: str):
         sampler = optuna.samplers.TPESampler()
     else:
         from hpo.store.storage import open_storage
-        from hpo.studies.study import Settings, make_sampler
+        from hpo.studies.samplers import make_sampler
+        from hpo.studies.settings import Settings
         from search_spaces import DEFAULTS, get_stage
 
         storage = open_storage(url, heartbeat=10, grace=30)

@@ -3,10 +3,11 @@ against the server directly and through PgBouncer (transaction pooling).
 
 Each process is a worker without training: hpo.store.storage.open_storage (RetryingStorage with
 heartbeat, as hpo-worker opens it), the study loaded with the sampler and pruner that
-hpo.studies.study.make_sampler/make_pruner build for its stored settings (seed = slot, as run_worker
-seeds them with --seed 0), the start-up reap, hpo.runtime.progress, the per-process heartbeat and reaper threads and
-hpo.runtime.loop.WorkerLoop (stale-trial check, budget and trial tally, ask, run, tell), as
-hpo.runtime.worker.run_worker wires them. The runner is a stand-in: it makes the stage's three
+hpo.studies.samplers.make_sampler/make_pruner build for its stored settings (seed = slot, as
+run_worker seeds them with --seed 0), then hpo.runtime.wiring.WiredWorker, the same wiring
+hpo-worker runs: the start-up reap, hpo.runtime.progress, the per-process heartbeat and reaper
+threads and hpo.runtime.loop.WorkerLoop (stale-trial check, budget and trial tally, ask, run,
+tell). The runner is a stand-in: it makes the stage's three
 suggestions (stage1_layers), then for each of ``--epochs`` epochs sleeps ``--trial-seconds /
 --epochs`` (the training), reports, asks the pruner, and returns an hpo.runtime.outcome Outcome. What
 run_worker does besides is left out: data loading, the artifact store, and the real runner's
@@ -15,8 +16,8 @@ No process imports torch (hpo.runtime.loop and hpo.runtime.outcome do not); each
 
 All processes start together behind a barrier and run for ``--seconds`` of wall time. From the
 window [barrier, barrier + seconds] each measurement reports: finished (complete + pruned)
-trials per second; p50/p99 latency of study.ask() and study.tell() (timed around the calls the
-loop makes); server connections to the study's database (pg_stat_activity, polled every 0.2 s
+trials per second; p50/p99 latency of study.ask() and of the loop's telling step (hpo.store.tell,
+timed around the calls the loop makes); server connections to the study's database (pg_stat_activity, polled every 0.2 s
 from the parent over a connection to another database; peak over the whole run, mean over the
 window), backends waiting on a lock, and PgBouncer's client connections and queue; CPU time of
 the database server (postmaster + all its children, exited backends included), of PgBouncer, of
@@ -228,17 +229,14 @@ def _worker(slot: int, url: str, sampler, pruner, cfg: dict, barrier, queue, log
     sleeps: list = []
     setup_error = None
     try:
-        from hpo.runtime.loop import WorkerLoop  # imports no torch (hpo.runtime.outcome, not hpo.runtime.runner)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         optuna.logging.disable_default_handler()
         optuna.logging.enable_propagation()  # Optuna's warnings into this worker's log
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        from hpo.studies.budget import stored_budget, tally
-        from hpo.runtime.heartbeat import Heartbeat
-        from hpo.runtime.progress import Progress
-        from hpo.runtime.reaper import Reaper, ReaperThread
+        import hpo.runtime.loop  # imports no torch (hpo.runtime.outcome, not hpo.runtime.runner)
+        from hpo.runtime.wiring import WiredWorker
         from hpo.store.storage import open_storage
         from search_spaces import get_stage
 
@@ -247,32 +245,23 @@ def _worker(slot: int, url: str, sampler, pruner, cfg: dict, barrier, queue, log
                                outage_timeout=cfg["outage_timeout"])
         study = optuna.load_study(study_name=STUDY, storage=storage, sampler=sampler,
                                   pruner=pruner)
-        reaper = Reaper(storage)
-        reaper.reap = _tagged("reap", reaper.reap)  # the loop's and the reaper thread's checks
-        reaper.reap(study, force=True)  # pick up what dead workers left behind
-        budget = lambda: stored_budget(storage, STUDY)  # noqa: E731
-        if tally(study).left(budget()) <= 0:
+        # The worker hpo-worker runs (its start-up reap included), around the stand-in runner.
+        worker = WiredWorker(storage, study, stop, cfg["epochs"],
+                             wait_interval=max(1, cfg["heartbeat"]))
+        worker.reaper.reap = _tagged("reap", worker.reaper.reap)  # the loop's and thread's checks
+        if worker.finished():
             raise RuntimeError("the study's budget is spent")
-        progress = Progress(study, budget(), cfg["epochs"])
-        runner = StandInRunner(get_stage(STAGE), cfg["epochs"], cfg["trial_seconds"],
-                               cfg["attrs"], progress.epoch, sleeps)
-        heartbeat = Heartbeat(storage)
-        loop = WorkerLoop(study, storage, runner, budget, reaper, heartbeat, stop,
-                          wait_interval=max(1, cfg["heartbeat"]),
-                          on_trial_done=lambda t, c: progress.trial_done(t, c.finished, c.best))
         study.ask = _tagged("ask", study.ask, asks)
+        loop_tell = hpo.runtime.loop.tell  # the loop's telling step (hpo.store.tell)
 
-        def tell(trial, *args, **kwargs):
-            state = "ERROR"
+        def tell(study, trial, values, state, *args, **kwargs):
             try:
-                frozen = _tagged("tell", study_tell, tells)(trial, *args, **kwargs)
-                state = kwargs["state"].name
-                return frozen
+                return _tagged("tell", loop_tell, tells)(study, trial, values, state, *args,
+                                                          **kwargs)
             finally:
-                tells[-1] = (*tells[-1], state)
+                tells[-1] = (*tells[-1], state.name)
 
-        study_tell, study.tell = study.tell, tell
-        reaper_thread = ReaperThread(reaper, lambda: (study,))
+        hpo.runtime.loop.tell = tell
     except BaseException as e:  # reported; the process still joins the barrier
         setup_error = f"{type(e).__name__}: {e}"
         logging.getLogger("scale").exception("worker set-up failed")
@@ -293,15 +282,12 @@ def _worker(slot: int, url: str, sampler, pruner, cfg: dict, barrier, queue, log
         if setup_error:
             result["error"] = setup_error
             return
-        loop.deadline = time.monotonic() + cfg["seconds"]
-        heartbeat.start()
-        reaper_thread.start()
+        worker.deadline = time.monotonic() + cfg["seconds"]
         try:
-            result["ran"] = loop.run()
+            result["ran"] = worker.run(lambda on_epoch: StandInRunner(
+                get_stage(STAGE), cfg["epochs"], cfg["trial_seconds"], cfg["attrs"], on_epoch,
+                sleeps))
         finally:
-            reaper_thread.halt.set()
-            heartbeat.stop()
-            progress.close()
             storage.dispose()
     except BaseException as e:
         result["error"] = f"{type(e).__name__}: {e}"
@@ -438,14 +424,16 @@ def _create_study(url: str, args) -> list:
     hpo.studies.study builds for it (sampler seed = slot). Imports hpo.studies.study (and so torch) here, in the
     parent only."""
     from hpo.store.storage import open_storage
-    from hpo.studies.study import SETTING_FLAGS, make_pruner, make_sampler, open_study
+    from hpo.studies.samplers import make_pruner, make_sampler
+    from hpo.studies.settings import SETTING_FLAGS
+    from hpo.studies.study import StudyRequest, open_study
 
     flags = dict.fromkeys(SETTING_FLAGS)
     flags.update(n_trials=10 ** 9, sampler=args.sampler, pruner=args.pruner, epochs=args.epochs)
     storage = open_storage(url, heartbeat=args.heartbeat, grace=args.grace)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            _, stage, settings, frozen = open_study(storage, STUDY, STAGE, flags)
+            _, stage, settings, frozen = open_study(storage, StudyRequest(STUDY, STAGE, flags))
     finally:
         storage.dispose()
     return [(make_sampler(settings, stage, frozen, slot), make_pruner(settings))

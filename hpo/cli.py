@@ -95,44 +95,6 @@ def check_output_file(output: str) -> None:
                        "allowed: a file in an existing folder")
 
 
-def cmd_create_study(args: argparse.Namespace) -> int:
-    from hpo.store.storage import open_storage, resolve_url
-    from hpo.studies.study import open_study, preflight, settings_flags, update_budget
-
-    flags = settings_flags(args)
-    if not args.update:
-        preflight(resolve_url(args.storage), args.study, args.space, flags, args.after,
-                  args.from_file)
-    if args.update:
-        others = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and k != "n_trials"]
-        others += [flag for flag, value in (("--after", args.after), ("--from", args.from_file),
-                                            ("--space", args.space)) if value is not None]
-        if args.n_trials is None or others:
-            raise HpoError("--update changes only the budget: pass --study and --n-trials alone"
-                           + (f" (got {', '.join(others)})" if others else ""))
-    storage = open_storage(args.storage, outage_timeout=args.outage_timeout,
-                           create=not args.update)
-    exists = args.study in {s.study_name for s in storage.get_all_studies()}
-    if args.update:
-        if not exists:
-            raise HpoError(f"--update: no study {args.study!r} in this storage")
-        old, new = update_budget(storage, args.study, args.n_trials)
-        print(f"study {args.study!r}: budget {old} -> {new} trials (running workers follow)")
-        return 0
-    if exists:
-        if args.skip_if_exists:
-            print(f"study {args.study!r} already exists; skipped")
-            return 0
-        raise HpoError(f"study {args.study!r} already exists; pass --skip-if-exists to accept that")
-    study, stage, settings, _ = open_study(storage, args.study, args.space, flags, args.after,
-                                           args.from_file, args.freeze_best_so_far)
-    print(f"created study {args.study!r} (stage {stage.name}, budget {settings.n_trials} trials, "
-          f"{settings.epochs} epochs, {settings.sampler} sampler, {settings.precision}, "
-          f"frozen from "
-          f"{study.user_attrs.get('frozen_from')})")
-    return 0
-
-
 def cmd_stages(args: argparse.Namespace) -> int:
     from hpo.studies.stage_budgets import table
     from search_spaces import all_stages
@@ -194,10 +156,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hpo.flags import OneLineParser, at_least, between, one_of
-    from hpo.studies.objectives import KNOWN as OBJECTIVES
-    from hpo.training.precision import PRECISIONS
-    from hpo.studies.study import MATMUL_PRECISIONS, PRUNERS, SAMPLERS
+    from hpo.flags import OneLineParser, at_least, between
+    from hpo.studies import chain_setup, study_setup
+    from hpo.studies.settings import add_flags
 
     p = OneLineParser(prog="hpo", description=(
         "Look at, export and re-train what hpo-worker searched: list the stages and their "
@@ -214,58 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one configuration (a config or an export JSON)")
     t.add_argument("config", help="a config JSON, or what hpo export wrote")
-    t.add_argument("--dataset", help="default: the export's dataset, else cifar10-sample")
-    t.add_argument("--epochs", type=at_least(1), help="override the config's epochs")
-    t.add_argument("--train-size", type=at_least(1), help="train on a subset of this many images")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--precision", type=one_of(*PRECISIONS),
-                   help="auto | fp32 | bf16 (default: as the exported trial ran, else auto: bf16 "
-                        "where the device computes it natively)")
-    t.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
-    t.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
-                   help="highest | high | medium (default: as the exported trial ran)")
-    t.add_argument("--deterministic", action="store_true",
-                   help="cuDNN's deterministic algorithms (default: as the exported trial ran)")
+    add_flags(t, ("dataset", "epochs", "train_size", "precision", "matmul_precision",
+                  "deterministic"), help={
+        "dataset": "default: the export's dataset, else cifar10-sample",
+        "epochs": "override the config's epochs",
+        "precision": "auto | fp32 | bf16 (default: as the exported trial ran, else auto: bf16 "
+                     "where the device computes it natively)",
+        "matmul_precision": "highest | high | medium (default: as the exported trial ran)",
+        "deterministic": "cuDNN's deterministic algorithms (default: as the exported trial ran)"})
     t.add_argument("--threads", type=at_least(1),
                    help="CPU threads (default: the export's, so results match the trial)")
     t.add_argument("-o", "--output", help="write the trained model's checkpoint here")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("create-study", help="create a stage study without running trials")
-    storage_flag(c)
-    c.add_argument("--study", required=True)
-    c.add_argument("--space", help="stage to search when the study name is not a stage name")
-    c.add_argument("--n-trials", type=at_least(0), help="study-wide trial budget")
-    c.add_argument("--sampler", type=one_of(*SAMPLERS), help="tpe | random | grid | gp | cmaes")
-    c.add_argument("--pruner", type=one_of(*PRUNERS), help="median | hyperband | none")
-    c.add_argument("--objectives", type=one_of(*OBJECTIVES), help="accuracy | accuracy,time | accuracy,params")
-    c.add_argument("--dataset", help="cifar10-sample | cifar10 | cifar100 | imagefolder:PATH")
-    c.add_argument("--epochs", type=at_least(1))
-    c.add_argument("--train-size", type=at_least(1))
-    c.add_argument("--val-fraction", type=between(0, 1, float, open_ends=True),
-                   help="share of the training set held out for validation (default 0.1)")
-    c.add_argument("--seed", type=at_least(0))
-    c.add_argument("--after", help="study whose best trial to freeze from")
-    c.add_argument("--from", dest="from_file", help="freeze from an exported JSON instead")
-    c.add_argument("--freeze-best-so-far", action="store_true",
-                   help="freeze the predecessor's best now, even while it still runs")
-    c.add_argument("--precision", type=one_of(*PRECISIONS),
-                   help="auto | fp32 | bf16 for every trial (default auto, decided here for this "
-                        "machine: pass it explicitly when creating from a machine without the "
-                        "workers' GPUs)")
-    c.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
-    c.add_argument("--matmul-precision", type=one_of(*MATMUL_PRECISIONS),
-                   help="float32 matmul and convolution precision: highest | high | medium")
-    c.add_argument("--deterministic", action="store_true",
-                   help="cuDNN's deterministic algorithms: exact re-trains on a GPU, slower")
-    c.add_argument("--skip-if-exists", action="store_true", help="succeed if it already exists")
-    c.add_argument("--update", action="store_true",
-                   help="change an existing study's budget (--n-trials); running workers follow")
-    c.set_defaults(func=cmd_create_study)
-
-    from hpo.studies import chain_setup
-
+    study_setup.add_parser(sub, storage_flag)  # create-study
     chain_setup.add_parser(sub, storage_flag)  # create-chain
 
     s = sub.add_parser("stages", help="the stages: what each builds on and searches, and its budget "

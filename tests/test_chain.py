@@ -123,7 +123,7 @@ def test_chain_runs_every_stage_in_order_from_its_inherited_best(tmp_path):
 
 def test_chain_base_is_the_defaults_plus_three_knobs_and_from_replaces_it(tmp_path):
     from hpo.views.notes import stage_note
-    from hpo.studies.study import frozen_from_predecessor
+    from hpo.studies.freezing import frozen_from_predecessor
     from search_spaces import DEFAULTS, get_stage
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'x.db'}")

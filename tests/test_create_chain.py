@@ -39,13 +39,13 @@ def test_create_chain_stores_the_record_once_and_a_worker_joins_with_its_name(sq
     # What a compose or SLURM worker does: only the range and the name on its command line.
     from hpo.studies.chain import open_chain, parse_chain
     from hpo.store.storage import open_storage
-    from hpo.studies.study import settings_flags
+    from hpo.studies.settings import flags_from
     from hpo.runtime.worker import build_parser
 
     args = build_parser().parse_args([*CHAIN])
     storage = open_storage(sqlite_url)
     try:
-        joined = open_chain(storage, args.chain_name, parse_chain(args.chain), settings_flags(args))
+        joined = open_chain(storage, args.chain_name, parse_chain(args.chain), flags_from(args))
     finally:
         storage.dispose()
     assert joined == record

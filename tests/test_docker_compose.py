@@ -22,7 +22,7 @@ import yaml
 
 from hpo import cli
 from hpo.runtime import worker
-from hpo.studies.study import SETTING_FLAGS
+from hpo.studies.settings import SETTING_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"

@@ -14,7 +14,7 @@ from hpo.errors import HpoError
 from hpo.studies.lr_window import PARAM, with_lr_window
 from hpo.studies.space import config_of, inherited_params
 from hpo.store.storage import open_storage
-from hpo.studies.study import open_study
+from hpo.studies.study import StudyRequest, open_study
 from search_spaces import DEFAULTS, get_stage
 
 FROZEN = {**DEFAULTS, "lr": 0.03, "conv_batchnorm": True}
@@ -38,8 +38,7 @@ def test_a_network_stage_searches_lr_within_the_window_and_its_warm_start_keeps_
 def test_the_warm_start_a_new_chain_stage_queues_keeps_the_inherited_lr(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
     stage = with_lr_window(get_stage("stage3_filters"), FROZEN, 4)
-    study, _, _, frozen = open_study(storage, "c.stage3_filters", stage, {"n_trials": 3},
-                                     base=(dict(FROZEN), {"study": "c.stage2_fc", "trial": 0}))
+    study, _, _, frozen = open_study(storage, StudyRequest("c.stage3_filters", stage, {"n_trials": 3}, base=(dict(FROZEN), {"study": "c.stage2_fc", "trial": 0})))
     queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert frozen == FROZEN and len(queued) == 1
     assert queued[0].system_attrs["fixed_params"][PARAM] == 0.03

@@ -12,13 +12,13 @@ from optuna_dashboard import get_note
 
 from hpo.views.notes import REPORTS_CHOSE, searched_keys, stage_note
 from hpo.store.storage import open_storage
-from hpo.studies.study import open_study
+from hpo.studies.study import StudyRequest, open_study
 from search_spaces import DEFAULTS, all_stages, get_stage
 
 
 def _open(url: str, name: str, space: str | None = None) -> optuna.Study:
     # freeze_best_so_far: the predecessor here keeps its queued warm start, never run
-    return open_study(open_storage(url), name, space, {}, freeze_best_so_far=True)[0]
+    return open_study(open_storage(url), StudyRequest(name, space, {}, freeze_best_so_far=True))[0]
 
 
 def test_note_stage1_says_grid_defaults_and_reports_choice(sqlite_url):
@@ -81,8 +81,7 @@ def test_chain_record_shows_the_chain_in_the_dashboard(sqlite_url):
     stages = chains.parse_chain("stage1_layers..stage2_fc")
     record = chains.open_chain(storage, "c", stages, {})
     first = stages[0]
-    open_study(storage, chains.study_name("c", first), first.name, chains.stage_flags(record),
-               default_n_trials=chains.stage_budget(first, record), chain_base=True)
+    open_study(storage, StudyRequest(chains.study_name("c", first), first.name, chains.stage_flags(record), default_n_trials=chains.stage_budget(first, record), chain_base=True))
     write_chain_note(storage, "c")
     studies = storage.get_all_studies()  # the dashboard lists them in this order (by id)
     names = [s.study_name for s in studies]

@@ -19,7 +19,8 @@ from hpo.training.checkpoints import CheckpointStore
 from hpo.runtime.loop import told_state
 from hpo.studies.objectives import parse_objectives
 from hpo.runtime.runner import TrialRunner, TrialSpec
-from hpo.studies.study import Settings, make_pruner
+from hpo.studies.samplers import make_pruner
+from hpo.studies.settings import Settings
 from search_spaces import DEFAULTS, Stage, get_stage
 
 # One conv layer of 8 filters and a 32-wide head: learns above chance in one epoch on 600 images.

@@ -6,7 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpo.studies.study import Settings, make_sampler
+from hpo.studies.samplers import make_sampler
+from hpo.studies.settings import Settings
 from search_spaces import DEFAULTS, get_stage
 
 SAMPLERS = ["tpe", "random", "gp", "cmaes"]

@@ -19,6 +19,7 @@ from optuna.trial import FixedTrial
 import search_spaces
 from hpo.training.config import from_dict
 from hpo.errors import HpoError
+from hpo.runtime.session import RunOptions
 from hpo.training.model import build_model, feature_map_sizes
 from search_spaces import DEFAULTS, Stage, all_stages, get_stage
 from tests.conftest import run_cli
@@ -236,26 +237,25 @@ def test_cli_stages_lists_every_stage_and_user_stages(tmp_path):
 
 
 class _RecordingSession:
-    """Stands in for the worker's session under hpo.runtime.worker.run_chain: each stage study it is
-    asked to run is set up with hpo.studies.study.new_settings exactly as open_study would create it
+    """Stands in for the worker's session (hpo.runtime.session.Session) under hpo.runtime.worker.run_chain: each stage study it is
+    asked to run is set up with hpo.studies.settings.new_settings exactly as open_study would create it
     (from the chain's base, on 32-pixel images), and nothing is trained."""
 
-    def __init__(self, storage, chain_name: str):
-        self.args = types.SimpleNamespace(chain_name=chain_name, after=None, from_file=None,
-                                          chain="all", lr_window=None)
+    def __init__(self, storage):
+        self.options = RunOptions()  # no learning-rate window: the chain's default
         self.storage, self.stop, self.ran = storage, threading.Event(), {}
         self.device = "cpu"  # where a chain decides --precision auto
 
     def out_of_time(self) -> bool:
         return False
 
-    def run_study(self, study_name, space, flags, after, from_file, freeze_best_so_far=False,
-                  default_n_trials=None, chain_base=False, base=None):
+    def run_study(self, request):
         from hpo.studies.chain import BASE
-        from hpo.studies.study import new_settings
+        from hpo.studies.settings import new_settings
 
-        settings, _ = new_settings(get_stage(space), flags, BASE, default_n_trials, image_size=32)
-        self.ran[space] = f"{settings.n_trials} x {settings.epochs}" + (
+        settings, _ = new_settings(get_stage(request.space), request.flags, BASE,
+                                   request.default_n_trials, image_size=32)
+        self.ran[request.space] = f"{settings.n_trials} x {settings.epochs}" + (
             "*" if settings.exhaustive else "")
 
 
@@ -264,12 +264,12 @@ def test_stages_table_shows_what_the_chain_runs_and_what_a_single_study_runs(tmp
     # 10 or 15 epochs) while the chain ran 20/17/12/20/20/4/12/20 trials at 10 epochs.
     from hpo.studies.chain import parse_chain
     from hpo.store.storage import open_storage
-    from hpo.studies.study import new_settings
+    from hpo.studies.settings import new_settings
     from hpo.runtime.worker import run_chain
 
     rows = _stages_rows(run_cli("hpo", "stages", check=True).stdout)
-    session = _RecordingSession(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), "c")
-    run_chain(session, parse_chain("all"))
+    session = _RecordingSession(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"))
+    run_chain(session, parse_chain("all"), "c", {})
     assert list(session.ran) == [n for n in STAGES if n != "joint"]
     assert {name: rows[name][1] for name in session.ran} == session.ran
     for name, stage in STAGES.items():  # a single --study run, as the worker creates it
@@ -283,7 +283,8 @@ def test_grid_workers_with_different_sampler_seeds_share_one_grid_order(tmp_path
     # Each worker process seeds its sampler with the study seed plus its slot. Optuna's grid
     # sampler shuffles its grid by its seed and names points by index, so two workers read one
     # grid index as two different points: points trained twice, others never.
-    from hpo.studies.study import Settings, make_sampler
+    from hpo.studies.samplers import make_sampler
+    from hpo.studies.settings import Settings
 
     stage = get_stage("stage1_layers")
     storage = f"sqlite:///{tmp_path / 'grid.db'}"

@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 from hpo.store import study_records
 from hpo.store.storage import open_storage
-from hpo.studies.study import open_study
+from hpo.studies.study import StudyRequest, open_study
 from search_spaces import DEFAULTS
 from tests.conftest import BIN, REPO, run_cli
 
@@ -140,14 +140,14 @@ def test_worker_predecessor_without_finished_trial_falls_back_to_defaults(sqlite
     prev = optuna.create_study(study_name="stage1_layers", storage=storage)
     prev.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"config": SMALL}))
     with caplog.at_level(logging.WARNING):
-        study, stage, settings, frozen = open_study(storage, "stage2_fc", None, {})
+        study, stage, settings, frozen = open_study(storage, StudyRequest("stage2_fc", None, {}))
     assert frozen == DEFAULTS
     assert study.user_attrs["frozen_from"]["defaults"] is True
     assert "'stage1_layers' has no finished trial" in study.user_attrs["frozen_from"]["reason"]
     assert any("documented defaults" in r.getMessage() for r in caplog.records)
     # Joining again keeps the stored base even when a predecessor has finished since.
     prev.add_trial(create_trial(value=0.9, user_attrs={"config": SMALL}))
-    assert open_study(storage, "stage2_fc", None, {})[3] == DEFAULTS
+    assert open_study(storage, StudyRequest("stage2_fc", None, {}))[3] == DEFAULTS
     storage.engine.dispose()
 
 

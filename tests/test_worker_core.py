@@ -18,7 +18,8 @@ from hpo.runtime.loop import WorkerLoop
 from hpo.runtime.reaper import Reaper
 from hpo.runtime.runner import Ending, Outcome
 from hpo.store.storage import open_storage
-from hpo.studies.study import CREATED_BY, open_study, update_budget
+from hpo.studies.budget import update_budget
+from hpo.studies.study import CREATED_BY, StudyRequest, open_study
 from tests.workers import wait_for
 
 FLAGS = {"dataset": None, "epochs": 1, "train_size": None, "val_fraction": None, "seed": None,
@@ -55,7 +56,7 @@ def _loop(storage, study, runner, stop=None):
 
 def _open(url, n_trials=None, **flags):
     storage = open_storage(url, heartbeat=1, grace=30)
-    study, _, settings, _ = open_study(storage, "s", "tiny", {**FLAGS, "n_trials": n_trials, **flags})
+    study, _, settings, _ = open_study(storage, StudyRequest("s", "tiny", {**FLAGS, "n_trials": n_trials, **flags}))
     return storage, study, settings
 
 
@@ -147,7 +148,7 @@ def test_joiner_waits_for_the_set_up_marker_then_checks_its_flags(sqlite_url, ti
 
     def join():
         try:
-            result["ok"] = open_study(joiner_storage, "s", "tiny", {**FLAGS, "n_trials": 5})
+            result["ok"] = open_study(joiner_storage, StudyRequest("s", "tiny", {**FLAGS, "n_trials": 5}))
         except HpoError as e:
             result["error"] = str(e)
 
@@ -247,10 +248,9 @@ def test_multi_objective_study_refuses_a_pruner(sqlite_url, tiny_stages):
     # Defect 13 (second half): --pruner was silently ignored with several objectives.
     storage = open_storage(sqlite_url)
     with pytest.raises(HpoError, match="--pruner median is invalid with --objectives accuracy,time"):
-        open_study(storage, "mo", "tiny", {**FLAGS, "pruner": "median", "objectives": "accuracy,time"})
+        open_study(storage, StudyRequest("mo", "tiny", {**FLAGS, "pruner": "median", "objectives": "accuracy,time"}))
     assert "mo" not in {s.study_name for s in storage.get_all_studies()}
-    _, _, settings = (None, None, open_study(storage, "mo", "tiny",
-                                             {**FLAGS, "pruner": None, "objectives": "accuracy,time"})[2])
+    _, _, settings = (None, None, open_study(storage, StudyRequest("mo", "tiny", {**FLAGS, "pruner": None, "objectives": "accuracy,time"}))[2])
     assert settings.pruner == "none"
 
 
@@ -267,12 +267,12 @@ def test_stage_waits_for_its_predecessors_running_trials(sqlite_url, tiny_stages
     # A stage started while its predecessor still ran used to freeze the best so far, silently.
     import hpo.studies.study
 
-    monkeypatch.setattr(hpo.studies.study, "PREDECESSOR_POLL", 0.1)
+    monkeypatch.setattr(hpo.studies.freezing, "PREDECESSOR_POLL", 0.1)
     storage, pre, running = _predecessor_with_a_running_trial(sqlite_url)
     result = {}
     opener = threading.Thread(target=lambda: result.update(
-        opened=open_study(storage, "next", "tiny", FLAGS, after="pre")))
-    with caplog.at_level("WARNING", logger="hpo.studies.study"):
+        opened=open_study(storage, StudyRequest("next", "tiny", FLAGS, after="pre"))))
+    with caplog.at_level("WARNING", logger="hpo.studies.freezing"):
         opener.start()
         wait_for(lambda: any("waiting for 'pre' to finish" in r.getMessage()
                              for r in caplog.records), 30, "the stage to say it waits")
@@ -286,8 +286,8 @@ def test_stage_waits_for_its_predecessors_running_trials(sqlite_url, tiny_stages
 
 def test_freeze_best_so_far_freezes_now_and_says_so(sqlite_url, tiny_stages, caplog):
     storage, pre, running = _predecessor_with_a_running_trial(sqlite_url)
-    with caplog.at_level("WARNING", logger="hpo.studies.study"):
-        frozen = open_study(storage, "next", "tiny", FLAGS, after="pre", freeze_best_so_far=True)[3]
+    with caplog.at_level("WARNING", logger="hpo.studies.freezing"):
+        frozen = open_study(storage, StudyRequest("next", "tiny", FLAGS, after="pre", freeze_best_so_far=True))[3]
     assert frozen == {"lr": 0.03}
     assert any("--freeze-best-so-far" in r.getMessage() for r in caplog.records)
 

@@ -65,11 +65,10 @@ def populate_stage1_study(url: str, study: str) -> None:
     from optuna.trial import create_trial
 
     from hpo.store.storage import open_storage
-    from hpo.studies.study import open_study
+    from hpo.studies.study import StudyRequest, open_study
 
     storage = open_storage(url)
-    created, _, _, frozen = open_study(storage, study, "stage1_layers",
-                                       {"epochs": 1, "train_size": 200, "n_trials": 5})
+    created, _, _, frozen = open_study(storage, StudyRequest(study, "stage1_layers", {"epochs": 1, "train_size": 200, "n_trials": 5}))
     batch = CategoricalDistribution([16, 32, 64, 128])
     for i, value in enumerate((0.2, 0.3)):
         created.add_trial(create_trial(value=value, params={"batch_size": 32},

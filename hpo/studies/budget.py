@@ -13,6 +13,7 @@ import dataclasses
 import optuna
 from optuna.trial import TrialState
 
+from hpo.errors import HpoError
 from hpo.store import study_records
 
 USED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -55,3 +56,14 @@ def gives_way(study: optuna.Study, number: int, budget: int) -> bool:
 def stored_budget(storage, study_name: str) -> int:
     """The budget as stored now (``hpo create-study --update`` may have raised it)."""
     return int(study_records.read_one(storage, study_name, "settings")["n_trials"])
+
+
+def update_budget(storage, study_name: str, n_trials: int) -> tuple[int, int]:
+    """Set an existing study's budget (running workers pick it up); (old, new)."""
+    settings = dict(study_records.read_one(storage, study_name, "settings") or {})
+    if not settings:
+        raise HpoError(f"study {study_name!r} was not created by hpo; it has no budget to update")
+    old = settings["n_trials"]
+    settings["n_trials"] = n_trials
+    study_records.write(storage, study_name, "settings", settings)
+    return old, n_trials

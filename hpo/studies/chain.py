@@ -18,6 +18,7 @@ import optuna
 from hpo.store import study_records
 from hpo.errors import HpoError
 from hpo.studies.objectives import parse_objectives
+from hpo.studies.settings import SETTING_FLAGS
 from search_spaces import DEFAULTS as STAGE_DEFAULTS
 from search_spaces import Stage, all_stages, get_stage
 
@@ -38,9 +39,9 @@ DEFAULTS = {"epochs": 10, "sampler": "tpe", "pruner": "median", "deterministic":
 # three seeds measured, and at the end of the budget ahead, level and 2 points behind
 # (BENCHMARKS.md row 4b). Stages 6 and 8 still search those knobs.
 BASE = {**STAGE_DEFAULTS, "conv_batchnorm": True, "scheduler": "cosine", "flip": True}
-# What a chain's workers must agree on (hpo.studies.study.Settings fields, less the per-stage budget).
-SHARED = ("dataset", "train_size", "val_fraction", "epochs", "n_trials", "sampler", "pruner",
-          "seed", "objectives", "precision", "matmul_precision", "deterministic")
+# What a chain's workers must agree on: every study setting (a stage's own budget aside, unless
+# --n-trials gives every stage the same).
+SHARED = SETTING_FLAGS
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 

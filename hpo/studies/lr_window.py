@@ -61,7 +61,7 @@ def chain_stage(storage, study_name: str, stage: Stage, after: str | None,
     """(the stage a chain runs, the base a new study takes): the window is set around the
     frozen config's lr, so it is read (a study set up already) or found (a new one) first."""
     from hpo.store import study_records
-    from hpo.studies.study import frozen_from_predecessor
+    from hpo.studies.freezing import frozen_from_predecessor
 
     existing = {s.study_name: s for s in storage.get_all_studies()}
     if study_name in existing and "stage" in existing[study_name].user_attrs:

@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 
 from hpo.studies import protocol_knobs
+from hpo.studies.settings import RESULT_FLAGS, SEARCH_FLAGS, flag
 from hpo.store import study_records
 from hpo.training.config import from_dict, load_json
 from hpo.errors import HpoError
@@ -33,9 +34,9 @@ log = logging.getLogger("hpo.studies.protocol")
 
 SHIPPED = Path(__file__).parent / "protocols"
 EPOCHS = 10  # per run, unless the file or --epochs says otherwise (the chain's default)
-# What every worker of one protocol must agree on (hpo.studies.study.Settings fields).
-SHARED = ("dataset", "train_size", "val_fraction", "epochs", "seed", "objectives", "precision",
-          "matmul_precision", "deterministic")
+# What every worker of one protocol must agree on: the settings that shape results; it decides
+# the search settings (budget, sampler, pruner) itself.
+SHARED = RESULT_FLAGS
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -179,7 +180,7 @@ def sweep_stage(name: str, sweep: Sweep, chosen: list[tuple[str, dict[str, Any]]
 def best_so_far(storage, names: list[str]) -> tuple[str, optuna.trial.FrozenTrial] | None:
     """(study, trial): the best finished run of these studies (on ties the earlier study, then
     the earlier trial), or None."""
-    from hpo.studies.study import best_complete_trial
+    from hpo.studies.freezing import best_complete_trial
 
     best = None
     for name in names:
@@ -201,7 +202,8 @@ def wait_until_finished(storage, name: str) -> None:
     for its runs (running or queued, a killed worker's retry included)."""
     import time
 
-    from hpo.studies.study import SETUP_WAIT, wait_for_predecessor
+    from hpo.studies.freezing import wait_for_predecessor
+    from hpo.studies.study import SETUP_WAIT
 
     study = optuna.load_study(study_name=name, storage=storage)
     start = time.monotonic()
@@ -261,14 +263,15 @@ def _wait_for_record(storage, name: str) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def run_protocol(session, protocol: Protocol, name: str, from_file: str | None = None) -> None:
+def run_protocol(session, protocol: Protocol, name: str, flags: dict[str, Any],
+                 from_file: str | None = None) -> None:
     """Each sweep in turn, from the best so far, through the ordinary worker loop."""
     from hpo.training.config import config_from_document
     from hpo.training.data import image_size
-    from hpo.studies.study import settings_flags
+    from hpo.studies.study import StudyRequest
 
     storage = session.storage
-    record = open_record(storage, name, protocol, settings_flags(session.args), session.device)
+    record = open_record(storage, name, protocol, flags, session.device)
     flags = {k: record[k] for k in SHARED}
     flags.update(pruner="none", sampler="tpe", n_trials=None)  # every run to its full epochs
     start = dict(protocol.start)
@@ -295,8 +298,8 @@ def run_protocol(session, protocol: Protocol, name: str, from_file: str | None =
         log.info("protocol %r: sweep %d of %d, %s (%d runs)", name, i + 1, len(protocol.sweeps),
                  study, len(chosen))
         stage = sweep_stage(f"{name}.{sweep.name}", sweep, chosen, flags["epochs"])
-        session.run_study(study, stage, dict(flags), None, None,
-                          default_n_trials=len(chosen), base=(incumbent, origin))
+        session.run_study(StudyRequest(study, stage, dict(flags), default_n_trials=len(chosen),
+                                       base=(incumbent, origin)))
         if session.stop.is_set() or session.out_of_time():
             log.info("protocol %r: stopped in %s; start the same command again to go on", name,
                      study)
@@ -311,12 +314,10 @@ def run_protocol(session, protocol: Protocol, name: str, from_file: str | None =
 def check_flags(args, parser) -> None:
     """``hpo-worker --protocol``: flags that do not apply are refused, and the file is read and
     checked before any worker starts (one line naming the first bad knob or value, exit 2)."""
-    for flag, given in (("--sampler", args.sampler), ("--pruner", args.pruner),
-                        ("--n-trials", args.n_trials), ("--space", args.space),
-                        ("--after", args.after), ("--freeze-best-so-far",
-                                                  args.freeze_best_so_far or None)):
-        if given is not None:
-            parser.error(f"{flag} does not apply to --protocol: every run of its sweeps is "
+    for option in [flag(name) for name in SEARCH_FLAGS] + ["--space", "--after",
+                                                           "--freeze-best-so-far"]:
+        if getattr(args, option[2:].replace("-", "_")) not in (None, False):
+            parser.error(f"{option} does not apply to --protocol: every run of its sweeps is "
                          "queued and trained to its full epochs, no pruning")
     try:
         load(args.protocol)

@@ -135,3 +135,8 @@ def grid_configs(stage: Stage, frozen: dict[str, Any], image_size: int) -> list[
         if is_possible(config, image_size):
             seen.setdefault(repr(sorted(config.items())), config)
     return list(seen.values())
+
+
+def grid_size(stage: Stage, frozen: dict[str, Any], image_size: int = 32) -> int:
+    """How many trials the stage's grid trains: its distinct configs that can be built."""
+    return len(grid_configs(stage, frozen, image_size))

@@ -1,6 +1,6 @@
 """What each stage costs as the worker will run it: under ``hpo-worker --chain`` and as a single
 ``--study`` run. Both rows come from the worker's own code (the chain's budgets and flags, then
-``hpo.studies.study.new_settings``), so ``hpo stages`` cannot disagree with what runs. No torch here.
+``hpo.studies.settings.new_settings``), so ``hpo stages`` cannot disagree with what runs. No torch here.
 
 Whether a stage is exhaustive (its whole space no larger than the budget: every point once)
 depends on the base it freezes; the table uses the base each run starts from when nothing is
@@ -31,7 +31,7 @@ class Budget:
 
 def _settings(stage: Stage, flags: dict[str, Any], frozen: dict[str, Any],
               default_n_trials: int | None) -> Budget:
-    from hpo.studies.study import new_settings
+    from hpo.studies.settings import new_settings
 
     # The precision does not change a budget; a concrete one keeps torch out of hpo stages.
     flags = {**flags, "precision": "fp32"}
