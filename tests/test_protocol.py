@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.studies import protocol
+from hpo.studies import protocol, protocol_file
 from hpo.store import study_records
 from hpo.errors import HpoError
 from tests.conftest import BIN, REPO, run_cli
@@ -134,7 +134,7 @@ def test_a_users_sweep_list_with_an_unknown_knob_or_value_is_one_line(tmp_path, 
 
 
 def test_the_shipped_reports_protocol_is_the_hand_protocols_98_runs():
-    reports = protocol.load("reports")
+    reports = protocol_file.load("reports")
     assert [s.name for s in reports.sweeps][:3] == ["layers_lr_batch", "fc_layers", "filters"]
     # Run counts from the start as if each sweep's best were the start itself: HAND_PROTOCOL.md
     # lists 60, 2, 2, 8, 1, 7, 4, 4, 3, 1, 4, 2 new runs (98); its filters sweep counts 2 new
@@ -147,7 +147,7 @@ def test_the_shipped_reports_protocol_is_the_hand_protocols_98_runs():
 
 
 def test_a_run_already_trained_in_an_earlier_sweep_is_not_queued_again():
-    parsed = protocol.parse({"sweeps": [{"name": "a", "knobs": {"lr": [0.01, 0.02]}}]}, "t")
+    parsed = protocol_file.parse({"sweeps": [{"name": "a", "knobs": {"lr": [0.01, 0.02]}}]}, "t")
     start = parsed.start
     trained = [{**start, "lr": 0.02}]
     chosen = protocol.runs(parsed.sweeps[0], start, False, trained, 32)
@@ -165,4 +165,4 @@ def test_a_protocol_refuses_search_flags_and_a_missing_file(tmp_path):
 
 def test_parse_names_the_first_bad_value():
     with pytest.raises(HpoError, match=r"sweep 1 \(a\): knob 'fc_layers' value 4 is invalid"):
-        protocol.parse({"sweeps": [{"name": "a", "knobs": {"fc_layers": [1, 4]}}]}, "t")
+        protocol_file.parse({"sweeps": [{"name": "a", "knobs": {"fc_layers": [1, 4]}}]}, "t")

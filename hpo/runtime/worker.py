@@ -113,7 +113,7 @@ def run_worker(args: argparse.Namespace, device_name: str,
     chain = protocol = None
     if args.protocol is not None:
         from hpo.studies.chain import check_name
-        from hpo.studies.protocol import load
+        from hpo.studies.protocol_file import load
 
         protocol = load(args.protocol)
         args.chain_name = args.chain_name or check_name(protocol.name)
