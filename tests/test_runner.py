@@ -219,7 +219,7 @@ def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store
     # Defect 11: the value was the best epoch's accuracy while the published weights (and what
     # hpo train re-creates) were the last epoch's.
     import hpo.runtime.runner
-    from hpo.training.train import EpochMetrics, FitResult
+    from hpo.training.metrics import EpochMetrics, FitResult
 
     def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None,
                              between_batches=None, on_model=None):

@@ -28,7 +28,8 @@ from hpo.errors import HpoError
 from hpo.training.model import feature_map_sizes
 from hpo.studies.objectives import Objectives
 from hpo.runtime.outcome import Ending, Outcome
-from hpo.training.train import EpochMetrics, Interrupted, fit
+from hpo.training.metrics import EpochMetrics
+from hpo.training.train import Interrupted, fit
 from search_spaces import Stage
 
 log = logging.getLogger(__name__)
