@@ -117,7 +117,7 @@ def test_trial_cache_wraps_and_delegates_to_the_rdb_storage(sqlite_url):
 
 
 def test_enqueued_parameters_wait_in_the_fixed_params_system_attribute():
-    # hpo/runtime/runner.py reads a queued trial's parameters there to avoid training a point twice.
+    # hpo/runtime/duplicates.py reads a queued trial's parameters there to avoid training a point twice.
     study = optuna.create_study()
     study.enqueue_trial({"x": 3})
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
