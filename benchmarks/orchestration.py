@@ -120,7 +120,7 @@ def _ablate(variant: str) -> None:
     """Patch this (child) process's hpo modules for the variant's ablations."""
     import hpo.studies.budget
     import hpo.runtime.loop
-    import hpo.store.storage
+    import hpo.store.retrying_storage
     from optuna.trial import TrialState
 
     if "noreads" in ABLATIONS[variant]:
@@ -128,7 +128,7 @@ def _ablate(variant: str) -> None:
         hpo.runtime.loop.count_trials = lambda storage, study_id: hpo.studies.budget.Tally(
             dict.fromkeys(TrialState, 0), None)
     if "nobeat" in ABLATIONS[variant]:
-        hpo.store.storage.RetryingStorage.record_heartbeat = lambda self, trial_id: None
+        hpo.store.retrying_storage.RetryingStorage.record_heartbeat = lambda self, trial_id: None
 
 
 def _ours_child(variant: str, url: str, seconds: float, heartbeat: int, artifacts: str, barrier,

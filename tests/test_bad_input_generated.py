@@ -153,7 +153,7 @@ def guard():
     from hpo.training import data, train
     from hpo.runtime import launcher, loop
     from hpo.views import report
-    from hpo.store import storage
+    from hpo.store import retrying_storage
 
     def reached(what):
         def stop(*args, **kwargs):
@@ -165,7 +165,7 @@ def guard():
         raise Passed(f"reached data.load({name!r})")
 
     opened = []
-    init = storage.RetryingStorage.__init__
+    init = retrying_storage.RetryingStorage.__init__
 
     def remember(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -179,7 +179,7 @@ def guard():
         mp.setattr(optuna_dashboard, "run_server", reached("optuna-dashboard's server"))
         mp.setattr(report, "write_report", reached("writing the report"))
         # In-process, a command's engine outlives it (a process would exit); close them.
-        mp.setattr(storage.RetryingStorage, "__init__", remember)
+        mp.setattr(retrying_storage.RetryingStorage, "__init__", remember)
         yield opened
 
 

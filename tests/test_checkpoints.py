@@ -185,7 +185,7 @@ def test_checkpoints_at_most_one_save_is_pending(tmp_path):
 def test_checkpoints_wait_for_in_flight_copies_before_serialising(store):
     """A CUDA snapshot's copies are queued, not waited for, on the training thread: the writer
     waits on their event, and the event is not part of what is stored."""
-    from hpo.training.train import READY_KEY
+    from hpo.training.snapshots import READY_KEY
 
     order = []
 
@@ -238,7 +238,8 @@ def test_checkpoints_of_every_optimizer_and_scheduler_load_weights_only(store):
     """What fit's snapshot holds (tensors, RNG ByteTensors, numbers, strings, plain containers, a
     MultiStepLR's Counter) loads with weights_only=True."""
     from hpo.training.model import build_model
-    from hpo.training.train import make_optimizer, make_scheduler, snapshot
+    from hpo.training.snapshots import snapshot
+    from hpo.training.train import make_optimizer, make_scheduler
 
     for optimizer_name in ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"):
         for scheduler_name in ("none", "step", "multistep", "cosine", "plateau"):

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import hpo.training.data
-from hpo.training.data import DATASET_NAMES, DeviceData, ImageSet, Split, load_images
+from hpo.training.data import DATASET_NAMES, DeviceData, Split, load_images
+from hpo.training.image_sources import ImageSet
 from hpo.errors import HpoError
 
 CLASSES = ("cat", "dog", "emu")
@@ -50,13 +51,13 @@ def cache(tmp_path, monkeypatch):
 def decodes(monkeypatch):
     """Counts calls to the decoder (the slow path the cache avoids)."""
     calls = []
-    real = hpo.training.data._decode_tree
+    real = hpo.training.data.decode_tree
 
     def counting(source):
         calls.append(source)
         return real(source)
 
-    monkeypatch.setattr(hpo.training.data, "_decode_tree", counting)
+    monkeypatch.setattr(hpo.training.data, "decode_tree", counting)
     return calls
 
 
@@ -64,7 +65,7 @@ def forbid_decoding(monkeypatch):
     def fail(source):
         raise AssertionError(f"decoded {source} although the cache should have been used")
 
-    monkeypatch.setattr(hpo.training.data, "_decode_tree", fail)
+    monkeypatch.setattr(hpo.training.data, "decode_tree", fail)
 
 
 def assert_same(a: ImageSet, b: ImageSet) -> None:

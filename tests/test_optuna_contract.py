@@ -1,12 +1,12 @@
 """What hpo relies on in Optuna beyond its public API: these fail loudly if Optuna changes it.
 
 The private uses in hpo/ (grep for ``optuna`` and ``._``):
-* hpo/store/storage.py: ``optuna.storages._heartbeat.BaseHeartbeat``, subclassed so that Optuna's
+* hpo/store/retrying_storage.py: ``optuna.storages._heartbeat.BaseHeartbeat``, subclassed so that Optuna's
   ``fail_stale_trials`` accepts RetryingStorage, and its abstract ``_get_stale_trial_ids``,
   overridden (what fail_stale_trials fails) and delegated to ``RDBStorage._get_stale_trial_ids``;
-* hpo/store/storage.py: ``optuna.storages.get_storage`` ("only for internal usage") wrapping an
+* hpo/store/retrying_storage.py: ``optuna.storages.get_storage`` ("only for internal usage") wrapping an
   RDBStorage in Optuna's trial cache (``_CachedStorage``), and that cache's ``remove_session``;
-* hpo/store/storage.py: ``RDBStorage.grace_period`` (an undocumented attribute);
+* hpo/store/retrying_storage.py: ``RDBStorage.grace_period`` (an undocumented attribute);
 * hpo/runtime/reaper.py: ``optuna.storages._rdb.models`` (TrialModel, TrialHeartbeatModel columns);
 * hpo/runtime/loop.py: the text of the warning Optuna gives when ``ask`` runs with storage heartbeats;
 * hpo/store/tell.py: ``optuna.study._tell._tell_with_warning``, Study.tell without its re-read;
@@ -24,7 +24,8 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from hpo.runtime.reaper import Reaper
-from hpo.store.storage import RetryingStorage, open_storage
+from hpo.store.retrying_storage import RetryingStorage
+from hpo.store.storage import open_storage
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.filterwarnings(
@@ -116,7 +117,7 @@ def test_trial_cache_wraps_and_delegates_to_the_rdb_storage(sqlite_url):
 
 
 def test_enqueued_parameters_wait_in_the_fixed_params_system_attribute():
-    # hpo/runtime/runner.py reads a queued trial's parameters there to avoid training a point twice.
+    # hpo/runtime/duplicates.py reads a queued trial's parameters there to avoid training a point twice.
     study = optuna.create_study()
     study.enqueue_trial({"x": 3})
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]

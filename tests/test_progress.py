@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from hpo.runtime.progress import Progress, _duration
-from hpo.training.train import EpochMetrics
+from hpo.training.metrics import EpochMetrics
 from tests.conftest import BIN, REPO
 from tests.workers import worker_env
 

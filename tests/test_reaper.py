@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from hpo.runtime.heartbeat import Heartbeat
 from hpo.runtime.reaper import Reaper
 from hpo.views.status import status_table
-from hpo.store.storage import MAX_BACKOFF, DatabaseUnavailable, open_storage
+from hpo.store.retrying_storage import MAX_BACKOFF, DatabaseUnavailable
+from hpo.store.storage import open_storage
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.filterwarnings(

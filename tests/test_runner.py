@@ -220,7 +220,7 @@ def test_runner_value_is_the_last_epochs_accuracy_not_the_best(small_data, store
     # Defect 11: the value was the best epoch's accuracy while the published weights (and what
     # hpo train re-creates) were the last epoch's.
     import hpo.runtime.runner
-    from hpo.training.train import EpochMetrics, FitResult
+    from hpo.training.metrics import EpochMetrics, FitResult
 
     def fit_that_peaks_early(config, data, on_epoch=None, resume=None, bf16=False, stop=None,
                              between_batches=None, on_model=None):
@@ -301,7 +301,7 @@ def test_two_fresh_twins_never_both_train_whichever_checks_second():
     # Defect: a trial gave way only to an earlier twin. Two workers drew one point; the later
     # trial checked while the earlier had not yet written its parameters and passed, then the
     # earlier checked and, its twin being later, passed too: both trained one configuration.
-    from hpo.runtime.runner import _already_trained
+    from hpo.runtime.duplicates import already_trained
 
     study = _study()
     study.sampler = optuna.samplers.PartialFixedSampler({"lr": 0.02}, study.sampler)
@@ -309,12 +309,12 @@ def test_two_fresh_twins_never_both_train_whichever_checks_second():
     for trial in (earlier, later):
         trial.suggest_float("lr", 1e-7, 100.0, log=True)
     # The second to check gives way, whichever it is: at most one of them trains.
-    assert _already_trained(earlier, {"lr": 0.02}, queued=False).number == later.number
-    assert _already_trained(later, {"lr": 0.02}, queued=False).number == earlier.number
+    assert already_trained(earlier, {"lr": 0.02}, queued=False).number == later.number
+    assert already_trained(later, {"lr": 0.02}, queued=False).number == earlier.number
 
 
 def test_a_queued_trial_keeps_its_slot_against_later_twins_and_its_own_original():
-    from hpo.runtime.runner import _already_trained
+    from hpo.runtime.duplicates import already_trained
 
     study = _study()
     study.enqueue_trial({"lr": 0.5}, skip_if_exists=False)
@@ -323,8 +323,8 @@ def test_a_queued_trial_keeps_its_slot_against_later_twins_and_its_own_original(
     fresh = study.ask()
     for trial in (queued, fresh):
         trial.suggest_float("lr", 1e-7, 100.0, log=True)
-    assert _already_trained(queued, {"lr": 0.5}, queued=True) is None
-    assert _already_trained(fresh, {"lr": 0.5}, queued=False).number == queued.number
+    assert already_trained(queued, {"lr": 0.5}, queued=True) is None
+    assert already_trained(fresh, {"lr": 0.5}, queued=False).number == queued.number
 
     # Defect: a stopped worker queues its trial's retry before failing the original; a worker
     # that took the retry in that gap saw the original running with its parameters, and the
@@ -338,7 +338,7 @@ def test_a_queued_trial_keeps_its_slot_against_later_twins_and_its_own_original(
             study, next(t for t in study.get_trials() if t.number == original.number))
     retry = study.ask()
     assert retry.params == {"lr": 0.07}
-    assert _already_trained(retry, {"lr": 0.07}, queued=True) is None
+    assert already_trained(retry, {"lr": 0.07}, queued=True) is None
 
 
 def test_runner_out_of_memory_frees_the_model_before_emptying_the_cache(small_data, store,

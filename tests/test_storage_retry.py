@@ -13,7 +13,10 @@ import sqlalchemy.exc
 
 from hpo.errors import HpoError
 from hpo.views.status import status_table
-from hpo.store.storage import DatabaseUnavailable, StorageError, is_outage, mask, open_storage
+from hpo.store.outage import is_outage
+from hpo.store.retrying_storage import DatabaseUnavailable, StorageError
+from hpo.store.storage import open_storage
+from hpo.store.urls import mask
 from tests.pgserver import ThrowawayPostgres
 
 OUTAGE_TIMEOUT = 3.0
@@ -167,9 +170,9 @@ def test_giving_up_is_not_logged_as_the_database_coming_back(throwaway_pg, caplo
     storage = open_storage(throwaway_pg.url(), outage_timeout=1)
     storage.get_all_studies()
     throwaway_pg.stop()
-    with caplog.at_level("WARNING", logger="hpo.store.storage"), pytest.raises(DatabaseUnavailable):
+    with caplog.at_level("WARNING", logger="hpo.store.outage"), pytest.raises(DatabaseUnavailable):
         storage.get_all_studies()
-    messages = [r.getMessage() for r in caplog.records if r.name == "hpo.store.storage"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "hpo.store.outage"]
     assert any("unreachable" in m for m in messages), messages
     assert not any("reachable again" in m for m in messages), messages
 
@@ -239,7 +242,7 @@ def test_storage_pickles_and_the_copy_works(mode, request, tmp_path):
 
 
 def test_a_returned_database_gets_the_heartbeat_first_and_is_noticed_within_a_second(sqlite_url):
-    from hpo.store.storage import MAX_BACKOFF
+    from hpo.store.retrying_storage import MAX_BACKOFF
 
     assert MAX_BACKOFF <= 1.0  # the longest sleep between two tries while the database is away
     storage = open_storage(sqlite_url, outage_timeout=60)

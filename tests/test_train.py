@@ -17,9 +17,9 @@ from hpo.training.config import OPTIMIZERS, SCHEDULERS, from_dict
 from hpo.training.data import DeviceData
 from hpo.errors import HpoError
 from hpo.training.model import build_model, count_parameters, penalised_weights
-from hpo.training.train import (MATMUL_PRECISIONS, READY_KEY, Interrupted, configure_backend, evaluate,
-                       fit, host_copy, make_optimizer, make_scheduler, resolve_device, restore,
-                       snapshot)
+from hpo.training.snapshots import READY_KEY, host_copy, restore, snapshot
+from hpo.training.train import (MATMUL_PRECISIONS, Interrupted, configure_backend, evaluate, fit,
+                                make_optimizer, make_scheduler, resolve_device)
 
 TINY = {"conv_layers": 2, "filters": [8, 16], "fc_widths": [32], "batch_size": 32, "epochs": 1}
 

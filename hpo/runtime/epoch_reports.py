@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import optuna
 
-from hpo.training.train import EpochMetrics
+from hpo.training.metrics import EpochMetrics
 
 
 class EpochReports:

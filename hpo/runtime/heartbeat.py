@@ -8,7 +8,7 @@ due (milliseconds of orchestration, a refused proposal) costs the database nothi
 Optuna's own heartbeat is per trial and lives inside ``study.optimize``.
 
 A worker cut off from the database records its trial's heartbeat first thing when the database
-answers again (``beat_now``, hpo.store.storage's ``on_reconnect``). After every beat it reads its
+answers again (``beat_now``, hpo.store.retrying_storage's ``on_reconnect``). After every beat it reads its
 trial's state: a trial failed by another worker's stale-trial check while this one lives sets
 ``lost``, and the runner stops training it (its retry re-runs it; hpo.runtime.retries takes the death
 back).
@@ -23,7 +23,7 @@ import time
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo.store.storage import RetryingStorage
+from hpo.store.retrying_storage import RetryingStorage
 
 log = logging.getLogger(__name__)
 

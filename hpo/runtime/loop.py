@@ -24,7 +24,7 @@ from hpo.runtime.heartbeat import Heartbeat
 from hpo.runtime.reaper import Reaper
 from hpo.runtime.outcome import Ending, Outcome
 from hpo.runtime.retries import alive_after_reap, queue_stopped
-from hpo.store.storage import RetryingStorage
+from hpo.store.retrying_storage import RetryingStorage
 from hpo.store.tell import Told, tell
 
 if TYPE_CHECKING:  # the runner imports torch; the loop itself does not need it

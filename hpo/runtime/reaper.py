@@ -9,7 +9,7 @@ latest of its own beat, the database server's start (PostgreSQL's ``pg_postmaste
 a checker that arrives after a restart sees it) and the end of this process's own last wait for
 the database (a checker that was cut off itself). No trial is judged while this process waits.
 A worker that was cut off records its trial's heartbeat first thing when the database answers
-again (hpo.runtime.heartbeat), within a second of its return (hpo.store.storage's backoff): so an outage or
+again (hpo.runtime.heartbeat), within a second of its return (hpo.store.retrying_storage's backoff): so an outage or
 restart of any length never makes a live trial stale.
 
 Every worker runs a reaper thread, so dead workers' trials come back however long the surviving
@@ -28,7 +28,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo.store.storage import MAX_BACKOFF, RetryingStorage
+from hpo.store.retrying_storage import MAX_BACKOFF, RetryingStorage
 
 log = logging.getLogger(__name__)
 

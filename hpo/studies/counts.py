@@ -12,7 +12,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.studies.budget import Tally
-from hpo.store.storage import RetryingStorage
+from hpo.store.retrying_storage import RetryingStorage
 
 
 def count_trials(storage: RetryingStorage, study_id: int) -> Tally:

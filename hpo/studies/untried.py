@@ -38,7 +38,7 @@ class UntriedPoints(optuna.samplers.BaseSampler):
         for other in study.get_trials(deepcopy=False):
             if other.state == TrialState.FAIL:
                 continue  # refused or crashed: not trained, or re-queued as a waiting trial
-            # A queued trial's parameters wait in "fixed_params" (see hpo.runtime.runner).
+            # A queued trial's parameters wait in "fixed_params" (see hpo.runtime.duplicates).
             taken.add(_key(other.params or other.system_attrs.get("fixed_params") or {}))
         untried = [p for p in self.points if _key(p) not in taken]
         self._point = self._rng.choice(untried or self.points)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
-READY_KEY = "_copied"  # hpo.training.train.READY_KEY (not imported: this module loads without torch)
+READY_KEY = "_copied"  # hpo.training.snapshots.READY_KEY (not imported: this module loads without torch)
 
 
 class CheckpointStore:
@@ -51,7 +51,7 @@ class CheckpointStore:
                            then: Callable[[], None] | None = None) -> bool:
         """``save`` on a writer thread, then ``then()`` (e.g. record where the checkpoint is):
         serialising and writing stay off the training path. ``state`` must not change
-        afterwards (hpo.training.train's snapshots are host copies). At most one save is pending: while
+        afterwards (hpo.training.snapshots makes host copies). At most one save is pending: while
         one is, this one is dropped (returns False)."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -84,7 +84,7 @@ class CheckpointStore:
     def save(self, artifact_id: str, state: dict[str, Any]) -> None:
         """Serialise ``state`` (tensors anywhere, best already on the CPU) under ``artifact_id``.
         A state whose copies are still in flight carries an event under READY_KEY
-        (hpo.training.train.snapshot): waited for here, off the training thread, and not stored."""
+        (hpo.training.snapshots.snapshot): waited for here, off the training thread, and not stored."""
         import torch
 
         ready = state.get(READY_KEY) if isinstance(state, dict) else None

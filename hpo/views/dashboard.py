@@ -6,8 +6,8 @@ import logging
 import socket
 
 from hpo.errors import HpoError
-from hpo.store.storage import (check_artifact_folder, mask, open_artifact_store, open_storage,
-                         parse_url, resolve_url)
+from hpo.store.storage import check_artifact_folder, open_artifact_store, open_storage
+from hpo.store.urls import mask, parse_url, resolve_url
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Figures are built on the object-oriented Agg canvas, never through ``pyplot``: no global state, safe
 in worker threads, and matplotlib is imported only when a figure is drawn, so ``import hpo`` stays
-light. ``hpo.views.report`` gathers the data from the study database and calls these.
+light. ``hpo.views.report`` and ``hpo.views.report_figures`` gather the data from the study
+database and call these.
 """
 
 from __future__ import annotations
