@@ -102,7 +102,8 @@ def run_worker(args: argparse.Namespace, device_name: str,
     """One worker process: join the study (or each stage of the chain in turn), then run trials
     until the budget or a signal."""
     stop = stop or stop_on_signals()
-    from hpo.store.storage import check_artifact_folder, open_storage, resolve_url
+    from hpo.store.storage import check_artifact_folder, open_storage
+    from hpo.store.urls import resolve_url
     from hpo.studies.settings import flags_from
     from hpo.studies.study import preflight
     from hpo.training.train import resolve_device

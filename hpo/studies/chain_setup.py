@@ -32,7 +32,8 @@ def add_parser(sub, storage_flag) -> None:
 
 def cmd_create_chain(args: argparse.Namespace) -> int:
     from hpo.studies.chain import check_name, open_chain, parse_chain, stage_budget
-    from hpo.store.storage import open_storage, resolve_url
+    from hpo.store.storage import open_storage
+    from hpo.store.urls import resolve_url
     from hpo.studies.settings import flags_from
     from hpo.studies.study import StudyRequest, preflight
 

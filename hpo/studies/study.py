@@ -52,7 +52,7 @@ class StudyRequest:
 def preflight(url: str, request: StudyRequest) -> None:
     """Everything about a worker's or create-study's request that can be checked without the
     database, checked before it is opened (opening an embedded one creates its file)."""
-    from hpo.store.storage import parse_url, sqlite_file
+    from hpo.store.urls import parse_url, sqlite_file
 
     study_name, space, flags = request.name, request.space, request.flags
     after, from_file = request.after, request.from_file

@@ -29,7 +29,8 @@ def add_parser(sub, storage_flag) -> None:
 
 
 def cmd_create_study(args: argparse.Namespace) -> int:
-    from hpo.store.storage import open_storage, resolve_url
+    from hpo.store.storage import open_storage
+    from hpo.store.urls import resolve_url
     from hpo.studies.budget import update_budget
     from hpo.studies.settings import flag, flags_from
     from hpo.studies.study import StudyRequest, open_study, preflight
