@@ -12,12 +12,12 @@ from hpo.errors import HpoError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from hpo.training import data
+    from hpo.training.checkpoints import save_model
     from hpo.training.config import config_from_document, load_json
     from hpo.views.export import select_document
-    from hpo.training.train import configure_backend, evaluate, fit, resolve_device
+    from hpo.training.train import (configure_backend, evaluate, fit, resolve_device,
+                                     set_cpu_threads)
 
     if args.output:
         check_output_file(args.output)
@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if threads < 1:
             raise HpoError(f"--threads {threads} is invalid; it must be 1 or more")
         # the same thread count as the trial: CPU float reductions, hence results, depend on it
-        torch.set_num_threads(threads)
+        set_cpu_threads(threads)
         print(f"{threads} CPU thread(s){'' if args.threads is not None else ', as the trial ran'}")
     # Precision is part of the result: the trial's unless overridden (hpo.training.precision).
     precision, why = train_precision(args, doc, device)
@@ -68,8 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if doc.get("value") is not None and "history" in doc:
         print(f"exported validation accuracy {doc['value']:.4f}")
     if args.output:
-        torch.save({"config": config.to_dict(), "model": result.model.state_dict(),
-                    "classes": images.classes, "history": result.history_dicts()}, args.output)
+        save_model(args.output, result.model, config.to_dict(), classes=images.classes,
+                   history=result.history_dicts())
         print(f"checkpoint written to {args.output}")
     return 0
 

@@ -70,3 +70,23 @@ def test_storage_package_does_not_import_torch():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_only_the_training_layer_and_the_trial_runner_import_torch():
+    # Anywhere else, even inside a function, torch would reach `hpo status` or the storage
+    # layer through one innocent call; those layers call into hpo.training instead.
+    import ast
+    from pathlib import Path
+
+    root = Path(hpo.store.__file__).parents[1]
+    allowed = {root / "runtime" / "runner.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.is_relative_to(root / "training") or path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "torch" or n.startswith("torch.") for n in names):
+                offenders.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert offenders == []

@@ -28,9 +28,9 @@ class Slot:
 
 
 def _cuda_count() -> int:
-    import torch
+    from hpo.training.cuda_check import cuda_device_count
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return cuda_device_count()
 
 
 def visible_device(index: str, inherited: str | None) -> str:

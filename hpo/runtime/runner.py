@@ -21,7 +21,7 @@ import optuna
 import torch
 
 from hpo.store.artifacts import ArtifactPublisher
-from hpo.training.checkpoints import CheckpointStore
+from hpo.training.checkpoints import CheckpointStore, save_model
 from hpo.training.config import Config, from_dict
 from hpo.runtime.duplicates import already_trained
 from hpo.runtime.epoch_reports import EpochReports
@@ -242,8 +242,8 @@ class TrialRunner:
         ended = {} if result.status == "completed" else {"end_reason": reason}
         self._record(trial, result.history, seconds=result.seconds, **ended,
                      then=None if diverged else partial(
-                         self.publisher.model_if_best, trial, values[0], result.model,
-                         attempt.config_dict))
+                         self.publisher.model_if_best, trial, values[0],
+                         partial(save_model, model=result.model, config=attempt.config_dict)))
         self.checkpoints.remove(attempt.checkpoint_id)
         if diverged:
             return partial(Outcome, Ending.PRUNED, reason)

@@ -144,10 +144,9 @@ class Session:
 
 
 def _warm_up() -> None:
-    """Pay a one-time import cost now, not inside the first trial's wall time: torch.optim loads
-    torch._dynamo on first use (about 3 s)."""
-    import torch._dynamo  # noqa: F401
+    from hpo.training.warmup import preload_torch
 
+    preload_torch()
     # Everything loaded so far lives as long as the process: exempt it from the garbage
     # collector's full passes, which otherwise walk torch's millions of objects between trials.
     gc.collect()

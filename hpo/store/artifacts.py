@@ -46,10 +46,11 @@ class ArtifactPublisher:
         except Exception as e:  # artifacts are a view; never lose the trial over them
             log.warning("trial %d: could not store its learning curve (%s)", trial.number, e)
 
-    def model_if_best(self, trial: optuna.Trial, value: float, model, config: dict) -> None:
-        """The best trial so far (by its first objective) also gets its trained weights."""
-        import torch
-
+    def model_if_best(self, trial: optuna.Trial, value: float,
+                      write_model: Callable[[Path], None]) -> None:
+        """The best trial so far (by its first objective) also gets its trained weights, which
+        ``write_model(path)`` writes (hpo.training.checkpoints.save_model: the store knows no
+        torch)."""
         if self.best_value is not None:
             best = self.best_value()
         else:
@@ -61,7 +62,7 @@ class ArtifactPublisher:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"model-trial{trial.number}.pt"
-                torch.save({"config": config, "model": model.state_dict()}, path)
+                write_model(path)
                 upload_artifact(artifact_store=self.store, file_path=str(path),
                                 study_or_trial=trial, mimetype="application/octet-stream")
         except Exception as e:

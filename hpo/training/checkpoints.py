@@ -149,3 +149,11 @@ def _refused_global(e: BaseException) -> str:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else ""
+
+
+def save_model(path, model, config: dict[str, Any], **extra: Any) -> None:
+    """A trained network's weights and its configuration, as ``hpo train -o`` and the best
+    trial's artifact store them (``extra``: more plain entries, e.g. its history)."""
+    import torch
+
+    torch.save({"config": config, "model": model.state_dict(), **extra}, path)

@@ -80,3 +80,10 @@ def check_gpus_usable(proc: Path | None = None, dev: Path | None = None) -> None
                    + (f" ({reason.rstrip('.')})" if reason else "")
                    + "; install a torch wheel built for this driver's CUDA, or pass "
                      "--devices cpu to train on the CPU")
+
+
+def cuda_device_count() -> int:
+    """How many CUDA devices this process sees (0 without a usable GPU)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -69,6 +69,11 @@ def conv_tf32_allowed() -> bool:
     return bool(torch.backends.cudnn.allow_tf32)
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Train on this many CPU threads (float reductions, hence results, depend on it)."""
+    torch.set_num_threads(threads)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks the first CUDA device when there is one, else the CPU; NVIDIA GPUs that
     this torch cannot use are an error (hpo.training.cuda_check) unless the CPU is asked for."""

@@ -17,6 +17,12 @@ from torch import nn
 EVAL_BATCH = 1000  # hpo.training.data.DeviceData.eval_batches' default
 
 
+def preload_torch() -> None:
+    """Pay a one-time import cost now, not inside the first trial's wall time: torch.optim loads
+    torch._dynamo on first use (about 3 s)."""
+    import torch._dynamo  # noqa: F401
+
+
 def batch_sizes(n: int, batch_size: int, least: int = 1) -> list[int]:
     """The distinct batch sizes of slicing n items into batches: full ones, then the rest
     (unless smaller than ``least``)."""
