@@ -90,3 +90,13 @@ def test_only_the_training_layer_and_the_trial_runner_import_torch():
             if any(n == "torch" or n.startswith("torch.") for n in names):
                 offenders.append(f"{path.relative_to(root.parent)}:{node.lineno}")
     assert offenders == []
+
+
+def test_hpo_holds_only_the_layer_packages_and_the_command_line():
+    # A new module goes into the layer it belongs to; the top of hpo/ is the command line.
+    from pathlib import Path
+
+    root = Path(hpo.store.__file__).parents[1]
+    top = {p.name for p in root.iterdir() if not p.name.startswith((".", "__pycache__"))}
+    assert top == {"__init__.py", "cli.py", "flags.py", "errors.py", "training", "studies",
+                   "runtime", "store", "views"}
