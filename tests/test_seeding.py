@@ -69,3 +69,21 @@ def test_an_unseeded_sampler_is_not_rebuilt_per_trial(tmp_path):
     inner = worker.sampler.inner
     _asks([worker], rounds=2, tell=True)
     assert worker.sampler.inner is inner
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_workers_sampler_pickles_and_draws_the_same_after(sampler, tmp_path):
+    # benchmarks/scale.py hands each process its sampler through pickle; a lambda inside the
+    # per-trial factory made that fail ("Can't pickle local object").
+    import pickle
+
+    stage = get_stage("stage1_layers")
+    settings = Settings(stage=stage.name, sampler=sampler, seed=3)
+    original = make_sampler(settings, stage, dict(DEFAULTS), 3)
+    copy = pickle.loads(pickle.dumps(original))
+    drawn = []
+    for i, s in enumerate((original, copy)):
+        study = optuna.create_study(study_name=f"p{i}", sampler=s,
+                                    storage=f"sqlite:///{tmp_path / f'{i}.db'}")
+        drawn.append(stage.suggest(study.ask(), dict(DEFAULTS)))
+    assert drawn[0] == drawn[1]

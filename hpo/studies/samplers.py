@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import optuna
@@ -26,7 +27,8 @@ def make_sampler(settings: Settings, stage: Stage, frozen: dict[str, Any], seed:
         # Not seeded per trial: Optuna's grid sampler shuffles the grid by its seed and
         # workers name points by their index in it, so every worker needs the same order.
         return GridUntilBudget(stage.grid(frozen), seed=settings.seed or 0)
-    return TrialSeeded(lambda trial_seed: _sampler(name, settings.exhaustive, trial_seed), seed)
+    # A partial, not a lambda: a sampler pickles (benchmarks/scale.py hands it to its processes).
+    return TrialSeeded(functools.partial(_sampler, name, settings.exhaustive), seed)
 
 
 def _sampler(name: str, exhaustive: bool, seed: int | None) -> optuna.samplers.BaseSampler:
