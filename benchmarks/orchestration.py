@@ -365,7 +365,7 @@ def instrument(timers: Timers) -> None:
     import hpo.runtime.reaper
     import hpo.runtime.runner
     import hpo.store.storage
-    import hpo.studies.study
+    import hpo.studies.samplers
     import hpo.training.train
 
     w = timers.wrap
