@@ -155,7 +155,7 @@ def test_array_runs_the_chain_and_a_task_cancelled_in_stage_2_has_its_trial_reru
     assert retry.user_attrs["pid"] != pid and retry.user_attrs["resumed_from_epoch"] >= 1
     assert retry.datetime_complete <= min(t.datetime_start for t in by_stage[STAGES[2]])
     # The late task skipped the finished stage 1 and worked on a later one (or found it done).
-    late_pids = {int(p) for p in re.findall(r"hpo\.worker\[(\d+)\]", late_log)}
+    late_pids = {int(p) for p in re.findall(r"hpo\.runtime\.worker\[(\d+)\]", late_log)}
     assert late_pids and f"c3.{STAGES[0]}: finished" in late_log, late_log
     assert not late_pids & {t.user_attrs.get("pid") for t in by_stage[STAGES[0]]}
     print(f"\nslurm chain: 3 tasks + 1 late task ran 3 stages x 3 trials in {took:.0f}s; task "
