@@ -14,6 +14,7 @@ import optuna
 
 from hpo.studies.study import StudyRequest
 
+# The worker's name: its users read "hpo.runtime.worker[pid]" lines (scripts/demo, the SLURM test).
 log = logging.getLogger("hpo.runtime.worker")
 GPU_CHECKPOINT_SECONDS = 30.0  # a GPU epoch can take a second, its checkpoint gigabytes
 FALLBACK_POINTS = 20_000  # a finite space up to this size gets untried points after a refusal

@@ -18,7 +18,7 @@ import optuna
 from hpo.store import study_records
 from hpo.errors import HpoError
 from hpo.studies.objectives import parse_objectives
-from hpo.studies.settings import SETTING_FLAGS
+from hpo.studies.settings import SETTING_FLAGS, flag
 from search_spaces import DEFAULTS as STAGE_DEFAULTS
 from search_spaces import Stage, all_stages, get_stage
 
@@ -137,10 +137,10 @@ def open_chain(storage, name: str, stages: list[Stage], flags: dict[str, Any],
             continue  # not given on this command line (or auto): the chain's value holds
         if stored.get(key) != value:
             shown = (lambda v: "..".join((v[0], v[-1])) if key == "stages" else v)
-            flag = "--chain" if key == "stages" else f"--{key.replace('_', '-')}"
+            option = "--chain" if key == "stages" else flag(key)
             if key == "lr_window" and stored.get(key) is None:
                 stored = {**stored, key: "off"}
-            raise HpoError(f"chain {name!r} was created with {flag} {shown(stored.get(key))!r}; "
+            raise HpoError(f"chain {name!r} was created with {option} {shown(stored.get(key))!r}; "
                            f"got {shown(value)!r} (use the same flags, or another --chain-name)")
     return stored
 

@@ -158,7 +158,7 @@ def open_record(storage, name: str, protocol: Protocol, flags: dict[str, Any],
     for key in SHARED:
         if wanted[key] not in (None, "auto") and key in flags and flags[key] is not None \
                 and stored.get(key) != wanted[key]:
-            raise HpoError(f"protocol {name!r} was created with --{key.replace('_', '-')} "
+            raise HpoError(f"protocol {name!r} was created with {flag(key)} "
                            f"{stored.get(key)!r}; got {wanted[key]!r} (use the same flags, or "
                            "another --chain-name)")
     return stored

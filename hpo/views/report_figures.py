@@ -79,14 +79,18 @@ def _save_optuna_axes(make_axes: Callable[[], Any], path: Path) -> None:
             plt.close(fig)
 
 
+def _save_first_objective(plot: Callable, study: Any, names: list[str], path: Path) -> None:
+    """An Optuna plot of the first objective (named; with several objectives, picked out)."""
+    target = (lambda t: t.values[0]) if len(names) > 1 else None
+    _save_optuna_axes(lambda: plot(study, target=target, target_name=names[0]), path)
+
+
 def draw_history(study: Any, complete: list, names: list[str], path: Path) -> str | None:
     import optuna.visualization.matplotlib as ovm
 
     if not complete:
         return "no complete trial yet"
-    target = (lambda t: t.values[0]) if len(names) > 1 else None
-    _save_optuna_axes(lambda: ovm.plot_optimization_history(
-        study, target=target, target_name=names[0]), path)
+    _save_first_objective(ovm.plot_optimization_history, study, names, path)
     return None
 
 
@@ -111,9 +115,7 @@ def draw_parallel(study: Any, complete: list, names: list[str], path: Path) -> s
 
     if not complete or not any(t.params for t in complete):
         return "no complete trial with parameters yet"
-    target = (lambda t: t.values[0]) if len(names) > 1 else None
-    _save_optuna_axes(lambda: ovm.plot_parallel_coordinate(
-        study, target=target, target_name=names[0]), path)
+    _save_first_objective(ovm.plot_parallel_coordinate, study, names, path)
     return None
 
 
