@@ -42,7 +42,11 @@ class Plan:
     grace: int = 3
     max_retries: int = 3
     faults: int = 6  # kills, stops and database outages, in a seeded order
-    gap: tuple[float, float] = (2.0, 5.0)  # seconds between faults
+    # Faults land at seeded points of the chain's progress (trials trained), not of the clock:
+    # a clock schedule lets a fast machine finish the chain before the faults land. The last
+    # ``tail`` trials of the budget stay free of new faults so every fault lands while it runs.
+    tail: int = 6
+    settle: tuple[float, float] = (0.0, 1.0)  # seconds after its point, seeded: mid-trial
     db_down: tuple[float, float] = (1.0, 7.0)  # seconds the database stays stopped
     deadline: float = 600.0  # for the whole run
 
@@ -109,6 +113,28 @@ def _running_pids(url: str) -> set[int]:
         storage.engine.dispose()
 
 
+def _trained(url: str) -> int:
+    """Trials trained to the end (complete or pruned) over every study of the chain."""
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        return sum(len(storage.get_all_trials(storage.get_study_id_from_name(s.study_name),
+                                              deepcopy=False,
+                                              states=(TrialState.COMPLETE, TrialState.PRUNED)))
+                   for s in storage.get_all_studies())
+    except Exception:
+        return 0  # the database is stopped or still starting
+    finally:
+        storage.engine.dispose()
+
+
+def fault_points(plan: Plan, seed: int) -> list[int]:
+    """The seeded trained-trial counts at which the faults land, in order."""
+    stages = len(MODULES.split(","))
+    room = max(plan.faults, stages * plan.n_trials - plan.tail)
+    rng = random.Random(seed * 7919)
+    return sorted(rng.choice(range(room)) for _ in range(plan.faults))
+
+
 def run(plan: Plan, seed: int, workdir: Path, say=print) -> dict[str, Any]:
     """Run the chain under the seeded faults; the ledger (see ``ledger``) plus the faults."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -141,10 +167,12 @@ def _inject(plan: Plan, seed: int, pg: ThrowawayPostgres, slots: list[Slot],
     rng.shuffle(kinds)
     done: list[dict[str, Any]] = []
     start = time.monotonic()
-    # The first fault lands once training has begun.
-    _wait(lambda: _running_pids(url) or all(s.process.poll() is not None for s in slots), 300)
-    for kind in kinds:
-        time.sleep(rng.uniform(*plan.gap))  # the seeded schedule itself
+    finished = lambda: all(s.process.poll() is not None for s in slots)  # noqa: E731
+    for kind, point in zip(kinds, fault_points(plan, seed)):
+        # The fault lands once the chain has trained ``point`` trials and one is training now.
+        _wait(lambda: (_trained(url) >= point and _running_pids(url)) or finished(),
+              plan.deadline)
+        time.sleep(rng.uniform(*plan.settle))
         live = [s for s in slots if s.process.poll() is None]
         if not live:
             break  # the chain finished before the schedule did
@@ -158,7 +186,7 @@ def _inject(plan: Plan, seed: int, pg: ThrowawayPostgres, slots: list[Slot],
             pg.stop()
             time.sleep(down)
             pg.start()
-            done.append({"at": at, "kind": "db stop", "seconds": down})
+            done.append({"at": at, "kind": "db stop", "seconds": down, "trained": point})
         else:
             busy = _running_pids(url)  # a worker in the middle of a trial, where there is one
             slot = rng.choice([s for s in live if s.process.pid in busy] or live)
@@ -172,8 +200,9 @@ def _inject(plan: Plan, seed: int, pg: ThrowawayPostgres, slots: list[Slot],
                 kind = "term ignored"
             slot.exits.append((code, f"{signal.Signals(signum).name}"))
             _start(slot, command)
-            done.append({"at": at, "kind": signal.Signals(signum).name, "worker": slot.index})
-        say(f"fault {len(done)} at {at:.1f}s: {done[-1]}")
+            done.append({"at": at, "kind": signal.Signals(signum).name, "worker": slot.index,
+                         "trained": point})
+        say(f"fault {len(done)} at {at:.1f}s, {point} trained: {done[-1]}")
     return done
 
 

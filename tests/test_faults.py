@@ -22,10 +22,12 @@ LONG = ("--epochs", "60", "--train-size", "1500", "--seed", "0", "--grace", "3")
 
 
 def test_a_chain_under_seeded_kills_stops_and_database_outages_loses_nothing(tmp_path):
-    result = run(Plan(), seed=1, workdir=tmp_path)
+    plan = Plan()
+    result = run(plan, seed=1, workdir=tmp_path)
     print("\n" + format_ledger(result))
     assert result["finished"]
-    assert len(result["faults"]) >= 4, "the chain finished before the faults landed"
+    # The faults land at points of the chain's progress, so every one lands on any machine.
+    assert len(result["faults"]) == plan.faults, "the chain finished before the faults landed"
     assert not result["problems"], format_ledger(result)
 
 
