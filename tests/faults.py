@@ -99,32 +99,27 @@ def _wait(condition, timeout: float, interval: float = 0.2) -> bool:
     return False
 
 
-def _running_pids(url: str) -> set[int]:
-    """The pids of the workers now running a trial (by the trials' user attributes)."""
+def _trials(url: str, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+    """The trials in these states over every study of the chain; none while the database is down."""
     storage = optuna.storages.RDBStorage(url)
     try:
-        return {t.user_attrs.get("pid")
-                for s in storage.get_all_studies()
+        return [t for s in storage.get_all_studies()
                 for t in storage.get_all_trials(storage.get_study_id_from_name(s.study_name),
-                                                deepcopy=False, states=(TrialState.RUNNING,))}
+                                                deepcopy=False, states=states)]
     except Exception:
-        return set()
+        return []  # the database is stopped or still starting
     finally:
         storage.engine.dispose()
+
+
+def _running_pids(url: str) -> set[int]:
+    """The pids of the workers now running a trial (by the trials' user attributes)."""
+    return {t.user_attrs.get("pid") for t in _trials(url, TrialState.RUNNING)}
 
 
 def _trained(url: str) -> int:
     """Trials trained to the end (complete or pruned) over every study of the chain."""
-    storage = optuna.storages.RDBStorage(url)
-    try:
-        return sum(len(storage.get_all_trials(storage.get_study_id_from_name(s.study_name),
-                                              deepcopy=False,
-                                              states=(TrialState.COMPLETE, TrialState.PRUNED)))
-                   for s in storage.get_all_studies())
-    except Exception:
-        return 0  # the database is stopped or still starting
-    finally:
-        storage.engine.dispose()
+    return len(_trials(url, TrialState.COMPLETE, TrialState.PRUNED))
 
 
 def fault_points(plan: Plan, seed: int) -> list[int]:
