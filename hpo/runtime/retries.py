@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-log = logging.getLogger("hpo.store.storage")
+log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # default --max-retries: a trial whose worker died 4 times is left failed
 DEATHS = "hpo:deaths"  # trial system attribute: numbers in its retry line whose worker died
