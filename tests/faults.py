@@ -117,9 +117,11 @@ def _running_pids(url: str) -> set[int]:
     return {t.user_attrs.get("pid") for t in _trials(url, TrialState.RUNNING)}
 
 
-def _trained(url: str) -> int:
-    """Trials trained to the end (complete or pruned) over every study of the chain."""
-    return len(_trials(url, TrialState.COMPLETE, TrialState.PRUNED))
+def _due(url: str, point: int) -> bool:
+    """The chain has trained ``point`` trials to the end and one is training now (one query)."""
+    trials = _trials(url, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return running > 0 and len(trials) - running >= point
 
 
 def fault_points(plan: Plan, seed: int) -> list[int]:
@@ -165,8 +167,7 @@ def _inject(plan: Plan, seed: int, pg: ThrowawayPostgres, slots: list[Slot],
     finished = lambda: all(s.process.poll() is not None for s in slots)  # noqa: E731
     for kind, point in zip(kinds, fault_points(plan, seed)):
         # The fault lands once the chain has trained ``point`` trials and one is training now.
-        _wait(lambda: (_trained(url) >= point and _running_pids(url)) or finished(),
-              plan.deadline)
+        _wait(lambda: _due(url, point) or finished(), plan.deadline)
         time.sleep(rng.uniform(*plan.settle))
         live = [s for s in slots if s.process.poll() is None]
         if not live:

@@ -94,6 +94,7 @@ def test_out_of_memory_is_a_recorded_failure_and_the_worker_goes_on(small_data, 
     from hpo.store.artifacts import ArtifactPublisher
     from hpo.training.checkpoints import CheckpointStore
     from hpo.runtime.loop import told_state
+    from hpo.runtime.trial_spec import TrialSpec
     from hpo.studies.objectives import ACCURACY
     from search_spaces import get_stage, DEFAULTS
 
@@ -106,8 +107,7 @@ def test_out_of_memory_is_a_recorded_failure_and_the_worker_goes_on(small_data, 
 
     monkeypatch.setattr(runner_module, "fit", fake_fit)
     store = FileSystemArtifactStore(str(tmp_path))
-    spec = runner_module.TrialSpec(get_stage("stage1_layers"), dict(DEFAULTS), 1, 0, ACCURACY,
-                                   prunable=True)
+    spec = TrialSpec(get_stage("stage1_layers"), dict(DEFAULTS), 1, 0, ACCURACY, prunable=True)
     runner = runner_module.TrialRunner(spec, small_data, CheckpointStore(store),
                                        ArtifactPublisher(store), threading.Event())
     study = optuna.create_study(direction="maximize")

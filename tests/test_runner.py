@@ -18,7 +18,8 @@ from hpo.store.artifacts import ArtifactPublisher
 from hpo.training.checkpoints import CheckpointStore
 from hpo.runtime.loop import told_state
 from hpo.studies.objectives import parse_objectives
-from hpo.runtime.runner import TrialRunner, TrialSpec
+from hpo.runtime.runner import TrialRunner
+from hpo.runtime.trial_spec import TrialSpec
 from hpo.studies.samplers import make_pruner
 from hpo.studies.settings import Settings
 from search_spaces import DEFAULTS, Stage, get_stage

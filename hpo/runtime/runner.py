@@ -22,43 +22,18 @@ import torch
 
 from hpo.store.artifacts import ArtifactPublisher
 from hpo.training.checkpoints import CheckpointStore, save_model
-from hpo.training.config import Config, from_dict
+from hpo.training.config import Config
 from hpo.runtime.duplicates import already_trained
 from hpo.runtime.epoch_reports import EpochReports
 from hpo.training.data import DeviceData
 from hpo.errors import HpoError
-from hpo.training.model import feature_map_sizes
-from hpo.studies.objectives import Objectives
 from hpo.runtime.outcome import Ending, Outcome
 from hpo.runtime.side_threads import SideThreads
+from hpo.runtime.trial_spec import TrialSpec, config_from_trial
 from hpo.training.metrics import EpochMetrics, FitResult
 from hpo.training.train import Interrupted, fit
-from search_spaces import Stage
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class TrialSpec:
-    """What every trial of the study shares."""
-
-    stage: Stage
-    frozen: dict[str, Any]
-    epochs: int
-    seed: int
-    objectives: Objectives
-    prunable: bool  # single objective and a pruner other than none
-    bf16: bool = False
-    checkpoint_every: int = 1  # epochs
-    checkpoint_seconds: float = 0.0  # and at least this long since the trial's last one
-
-
-def config_from_trial(spec: TrialSpec, trial: optuna.Trial, image_size: int) -> Config:
-    """The full config the trial trains; HpoError if it cannot be built on these images."""
-    config = from_dict(spec.stage.suggest(trial, {**spec.frozen, "epochs": spec.epochs,
-                                                   "seed": spec.seed}))
-    feature_map_sizes(config, image_size)
-    return config
 
 
 class _AlreadyTrained(Exception):

@@ -107,7 +107,8 @@ class Session:
                    fallback_sampler=self._fallback(study, stage, settings, frozen, data))
 
     def _runner(self, study, stage, settings, frozen, data, store, on_epoch):
-        from hpo.runtime.runner import TrialRunner, TrialSpec
+        from hpo.runtime.runner import TrialRunner
+        from hpo.runtime.trial_spec import TrialSpec
         from hpo.store.artifacts import ArtifactPublisher
         from hpo.studies.counts import count_trials
         from hpo.studies.objectives import parse_objectives
